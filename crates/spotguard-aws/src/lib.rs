@@ -1,0 +1,1 @@
+//! Spot Guard adapter for AWS (work in progress).

@@ -1,0 +1,304 @@
+//! The ports the engine is driven through: [`Cloud`], [`Cluster`], [`Clock`], [`LedgerStore`]
+//! and [`ScaleLock`]. Adapters (AWS, Kubernetes, the simulator, test mocks) implement them.
+//!
+//! The traits are runtime-agnostic: no tokio type appears, time is an input.
+
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::config::DrainOptions;
+use crate::ledger::Ledger;
+use crate::model::{Activity, ClusterSnapshot, Group, Taint};
+
+/// Errors of the [`Cloud`] port.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CloudError {
+    /// The group does not exist.
+    #[error("auto scaling group {group:?} does not exist")]
+    UnknownGroup {
+        /// Group name.
+        group: String,
+    },
+    /// A desired capacity above the group's maximum was asked for.
+    #[error("auto scaling group {group:?}: desired capacity {desired} is above its maximum {max}")]
+    AboveMax {
+        /// Group name.
+        group: String,
+        /// Requested desired capacity.
+        desired: u32,
+        /// The group's maximum.
+        max: u32,
+    },
+    /// A desired capacity below the group's minimum was asked for.
+    #[error("auto scaling group {group:?}: desired capacity {desired} is below its minimum {min}")]
+    BelowMin {
+        /// Group name.
+        group: String,
+        /// Requested desired capacity.
+        desired: u32,
+        /// The group's minimum.
+        min: u32,
+    },
+    /// The instance is not part of any Auto Scaling group (gone or never there).
+    #[error("instance {instance} is not in an auto scaling group")]
+    UnknownInstance {
+        /// Instance id.
+        instance: String,
+    },
+    /// Any other API failure, after the client's own retries.
+    #[error("auto scaling {operation} failed for {target}: {message}")]
+    Api {
+        /// Operation (`SetDesiredCapacity`, ...).
+        operation: String,
+        /// The group or instance it was about.
+        target: String,
+        /// What the service said.
+        message: String,
+        /// Whether trying again later may succeed (throttling, 5xx, timeouts).
+        retryable: bool,
+    },
+}
+
+/// The cloud side: Auto Scaling groups.
+#[cfg_attr(test, mockall::automock)]
+#[async_trait]
+pub trait Cloud: Send + Sync {
+    /// Describes the named groups in one batched call. A name with no group yields
+    /// [`CloudError::UnknownGroup`].
+    async fn describe_groups(&self, names: &[String]) -> Result<Vec<Group>, CloudError>;
+
+    /// Sets a group's desired capacity. Implementations refuse values above max or below min.
+    async fn set_desired_capacity(&self, group: &str, desired: u32) -> Result<(), CloudError>;
+
+    /// Terminates an instance of a group, decrementing desired capacity when `decrement` is
+    /// true (`ShouldDecrementDesiredCapacity`).
+    async fn terminate_instance(&self, instance: &str, decrement: bool) -> Result<(), CloudError>;
+
+    /// Scaling activities of the named groups that started or ended at or after `since`.
+    async fn scaling_activities(
+        &self,
+        groups: &[String],
+        since: SystemTime,
+    ) -> Result<Vec<Activity>, CloudError>;
+}
+
+/// Errors of the [`Cluster`] port.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClusterError {
+    /// The node does not exist.
+    #[error("node {node:?} does not exist")]
+    UnknownNode {
+        /// Node name.
+        node: String,
+    },
+    /// A write lost against concurrent writers too many times.
+    #[error("node {node:?}: conflicting concurrent updates, gave up after {attempts} attempts")]
+    Conflict {
+        /// Node name.
+        node: String,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// Any other API failure.
+    #[error("kubernetes {operation} failed for {target}: {message}")]
+    Api {
+        /// Operation (`patch node`, `list pods`, ...).
+        operation: String,
+        /// The object it was about.
+        target: String,
+        /// What the API server said.
+        message: String,
+    },
+}
+
+/// Why a pod was left in place by a drain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SkipReason {
+    /// Owned by a DaemonSet.
+    DaemonSet,
+    /// A mirror pod of a static pod.
+    Mirror,
+    /// Already finished.
+    Terminal,
+}
+
+/// What happened to one pod in a drain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PodOutcome {
+    /// Evicted and gone.
+    Evicted,
+    /// Left in place on purpose.
+    Skipped(SkipReason),
+    /// Still there when the drain gave up: a PDB refused the eviction (named when known).
+    Blocked {
+        /// `namespace/name` of the PDB, when the API said which.
+        pdb: Option<String>,
+    },
+    /// Refused by the drain options (unmanaged pod without `force`, local storage without
+    /// `delete_emptydir_data`) or an API error.
+    Failed {
+        /// Why.
+        message: String,
+    },
+}
+
+/// One pod's line in a drain report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodReport {
+    /// `namespace/name`.
+    pub pod: String,
+    /// Outcome.
+    pub outcome: PodOutcome,
+}
+
+/// Result of a drain, pod by pod.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainReport {
+    /// Node drained.
+    pub node: String,
+    /// Per-pod outcomes.
+    pub pods: Vec<PodReport>,
+}
+
+impl DrainReport {
+    /// True when no pod that had to leave is still there.
+    pub fn is_complete(&self) -> bool {
+        self.pods
+            .iter()
+            .all(|p| matches!(p.outcome, PodOutcome::Evicted | PodOutcome::Skipped(_)))
+    }
+
+    /// Number of evicted pods.
+    pub fn evicted(&self) -> usize {
+        self.pods
+            .iter()
+            .filter(|p| p.outcome == PodOutcome::Evicted)
+            .count()
+    }
+
+    /// The pods that are still in place and why, for logs.
+    pub fn remaining(&self) -> Vec<String> {
+        self.pods
+            .iter()
+            .filter_map(|p| match &p.outcome {
+                PodOutcome::Blocked { pdb: Some(pdb) } => {
+                    Some(format!("{} (blocked by PDB {pdb})", p.pod))
+                }
+                PodOutcome::Blocked { pdb: None } => Some(format!("{} (blocked)", p.pod)),
+                PodOutcome::Failed { message } => Some(format!("{} ({message})", p.pod)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// The Kubernetes side.
+#[cfg_attr(test, mockall::automock)]
+#[async_trait]
+pub trait Cluster: Send + Sync {
+    /// A consistent view of nodes, pods and PDBs.
+    async fn snapshot(&self) -> Result<ClusterSnapshot, ClusterError>;
+
+    /// Adds the taint to the node (idempotent; other taints untouched).
+    async fn taint(&self, node: &str, taint: &Taint) -> Result<(), ClusterError>;
+
+    /// Removes taints with this key from the node (idempotent).
+    async fn untaint(&self, node: &str, key: &str) -> Result<(), ClusterError>;
+
+    /// Marks the node unschedulable (`cordon`) or schedulable again (`uncordon`).
+    async fn set_unschedulable(&self, node: &str, unschedulable: bool) -> Result<(), ClusterError>;
+
+    /// Sets (`Some`) or removes (`None`) a node annotation.
+    async fn annotate(
+        &self,
+        node: &str,
+        key: &str,
+        value: Option<String>,
+    ) -> Result<(), ClusterError>;
+
+    /// Evicts the node's pods through the Eviction API, respecting PDBs, and waits until they
+    /// are gone or the drain times out.
+    async fn drain(&self, node: &str, options: &DrainOptions) -> Result<DrainReport, ClusterError>;
+}
+
+/// Time, as an input: the engine never reads the OS clock.
+#[async_trait]
+pub trait Clock: Send + Sync {
+    /// The current time.
+    fn now(&self) -> SystemTime;
+
+    /// Waits for the duration.
+    async fn sleep(&self, duration: Duration);
+}
+
+/// Errors of the [`LedgerStore`] port.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// Someone else saved since this version was loaded.
+    #[error("ledger was changed concurrently (expected version {expected:?})")]
+    Conflict {
+        /// The version the save was based on.
+        expected: Option<String>,
+    },
+    /// The stored ledger could not be read.
+    #[error("stored ledger at {location} is malformed: {message}")]
+    Malformed {
+        /// Where it is stored.
+        location: String,
+        /// Parse error.
+        message: String,
+    },
+    /// Any other storage failure.
+    #[error("ledger store {location}: {message}")]
+    Io {
+        /// Where it is stored.
+        location: String,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// A ledger with the version it was loaded at.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Versioned<T> {
+    /// The value.
+    pub value: T,
+    /// Opaque version (a resourceVersion); `None` when nothing is stored yet.
+    pub version: Option<String>,
+}
+
+/// Durable storage for the fallback ledger, with optimistic concurrency.
+#[cfg_attr(test, mockall::automock)]
+#[async_trait]
+pub trait LedgerStore: Send + Sync {
+    /// Loads the ledger and its version (an empty ledger and `None` when nothing is stored).
+    async fn load(&self) -> Result<Versioned<Ledger>, StoreError>;
+
+    /// Saves the ledger if the stored version is still `expected`; returns the new version, or
+    /// [`StoreError::Conflict`].
+    async fn save(&self, ledger: &Ledger, expected: Option<String>) -> Result<String, StoreError>;
+}
+
+/// Errors of the [`ScaleLock`] port.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("scale lock for group {group:?}: {message}")]
+pub struct LockError {
+    /// Group name.
+    pub group: String,
+    /// What failed.
+    pub message: String,
+}
+
+/// Serializes read-modify-write changes of a group's desired capacity (invariant 1), within a
+/// process ([`crate::lock::LocalScaleLock`]) or across processes (a Kubernetes Lease).
+#[cfg_attr(test, mockall::automock)]
+#[async_trait]
+pub trait ScaleLock: Send + Sync {
+    /// Waits until this holder owns the group's lock.
+    async fn acquire(&self, group: &str) -> Result<(), LockError>;
+
+    /// Releases the group's lock.
+    async fn release(&self, group: &str) -> Result<(), LockError>;
+}

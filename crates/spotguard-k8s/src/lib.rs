@@ -1,0 +1,1 @@
+//! Spot Guard adapter for Kubernetes (work in progress).
