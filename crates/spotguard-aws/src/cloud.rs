@@ -315,6 +315,9 @@ impl AwsCloud {
         }
         let now = Instant::now();
         let mut bounds = self.bounds();
+        for name in names.iter().filter(|n| !found.contains_key(n.as_str())) {
+            bounds.remove(name);
+        }
         for group in found.values() {
             bounds.insert(
                 group.name.clone(),

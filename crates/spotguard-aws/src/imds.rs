@@ -179,13 +179,17 @@ impl NoticeWatcherBuilder {
     }
 
     fn client(&self) -> Result<ImdsClient, AwsError> {
-        let timeout = self.connect_timeout + self.read_timeout;
+        // One attempt may take a connect and a read; with retries, the SDK's own operation
+        // timeout (30 s) also leaves room for its backoffs.
+        let attempt_timeout = self.connect_timeout + self.read_timeout;
         let mut builder = ImdsClient::builder()
             .max_attempts(self.attempts)
             .connect_timeout(self.connect_timeout)
             .read_timeout(self.read_timeout)
-            .operation_attempt_timeout(timeout)
-            .operation_timeout(timeout * self.attempts);
+            .operation_attempt_timeout(attempt_timeout);
+        if self.attempts == 1 {
+            builder = builder.operation_timeout(attempt_timeout);
+        }
         if let Some(ttl) = self.token_ttl {
             builder = builder.token_ttl(ttl);
         }

@@ -320,6 +320,29 @@ async fn permanent_failures_name_the_group_and_say_whether_to_retry() {
     );
     assert_eq!(t.proxy.forwarded(SET), 0);
     assert_eq!(t.moto.group("g").await.desired, 2, "nothing changed");
+
+    // Throttled on every attempt: retryable, and the batch of groups is named.
+    t.proxy.throttle(DESCRIBE, u32::MAX);
+    let before = t.cloud.counter().snapshot();
+    let err = t
+        .cloud
+        .describe_groups(&names(&["g", "h"]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        CloudError::Api {
+            operation: DESCRIBE.into(),
+            target: "groups g, h".into(),
+            message: "Throttling: Rate exceeded".into(),
+            retryable: true,
+        }
+    );
+    let spent = t.cloud.counter().snapshot().since(&before).get(DESCRIBE);
+    assert_eq!(
+        (spent.operations, spent.attempts, spent.failures),
+        (1, 5, 1)
+    );
 }
 
 #[tokio::test]
