@@ -344,10 +344,7 @@ impl AwsCloud {
             }
         }
         let described = self.describe(&[group.to_string()]).await?;
-        let Some(fresh) = described.get(group) else {
-            self.bounds().remove(group);
-            return Err(unknown_group(group));
-        };
+        let fresh = described.get(group).ok_or_else(|| unknown_group(group))?;
         Ok(Bounds {
             min: fresh.min,
             max: fresh.max,

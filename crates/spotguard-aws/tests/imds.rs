@@ -173,13 +173,13 @@ async fn malformed_payloads_are_counted_errors_and_never_notices() {
 async fn slow_answers_within_the_timeout_work_and_slower_ones_are_errors() {
     let imds = ImdsServer::start(INSTANCE).await;
     let mut w = watcher(&imds)
-        .read_timeout(Duration::from_millis(400))
+        .read_timeout(Duration::from_millis(1000))
         .connect()
         .await
         .unwrap();
     imds.set_rebalance("2020-10-27T08:22:00Z");
 
-    imds.set_delay(Duration::from_millis(800));
+    imds.set_delay(Duration::from_millis(1500));
     let report = w.poll_once().await;
     assert!(report.notices.is_empty());
     assert_eq!(report.errors.len(), 2);
@@ -192,7 +192,7 @@ async fn slow_answers_within_the_timeout_work_and_slower_ones_are_errors() {
     }
     assert_eq!(w.stats().snapshot().errors, 2);
 
-    imds.set_delay(Duration::from_millis(100));
+    imds.set_delay(Duration::from_millis(300));
     let report = w.poll_once().await;
     assert_eq!(report.notices.len(), 1, "{:?}", report.errors);
     assert!(report.errors.is_empty());
@@ -201,13 +201,15 @@ async fn slow_answers_within_the_timeout_work_and_slower_ones_are_errors() {
 #[tokio::test]
 async fn expiring_tokens_are_renewed_by_the_client() {
     let imds = ImdsServer::start(INSTANCE).await;
-    imds.set_token_ttl_cap(Some(1));
+    // Tokens live 2 s; the polls span 3 s. The client renews a token once it is within two
+    // minutes of expiring, so every read gets a fresh one and none is refused.
+    imds.set_token_ttl_cap(Some(2));
     let mut w = watcher(&imds).connect().await.unwrap();
 
     for _ in 0..3 {
         let report = w.poll_once().await;
         assert!(report.errors.is_empty(), "{:?}", report.errors);
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
     }
     imds.set_rebalance("2020-10-27T08:22:00Z");
     assert_eq!(w.poll_once().await.notices.len(), 1);

@@ -133,7 +133,10 @@ impl MotoServer {
                 Err(failure) => last_failure = failure,
             }
         }
-        panic!("moto (`{python} -m moto.server`) did not start: {last_failure}");
+        panic!(
+            "moto (`{python} -m moto.server`) did not start: {last_failure}\n\
+             Install it with `pip install 'moto[server]'` or set SPOTGUARD_PYTHON."
+        );
     }
 
     async fn wait_until_ready(&mut self) -> Result<(), String> {
