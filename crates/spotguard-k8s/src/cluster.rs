@@ -48,6 +48,7 @@ impl Default for KubeClusterOptions {
 /// straight to the API server.
 pub struct KubeCluster {
     client: Client,
+    evictions: Client,
     nodes: Api<Node>,
     cache: SnapshotCache,
     events: Option<NodeEvents>,
@@ -56,20 +57,45 @@ pub struct KubeCluster {
 
 impl KubeCluster {
     /// Starts the watch caches with default options. Must be called inside a tokio runtime.
+    /// Prefer [`KubeCluster::from_config`], which also builds the eviction client drains
+    /// need.
     pub fn new(client: Client) -> Self {
         Self::with_options(client, KubeClusterOptions::default())
     }
 
-    /// Starts the watch caches. Must be called inside a tokio runtime.
+    /// Builds the clients from a [`kube::Config`] and starts the watch caches: one client as
+    /// configured, and one for evictions with kube's retry layer off, so a PDB's 429 reaches
+    /// the drain at once (to be retried within the drain's deadline and named in the report)
+    /// instead of being retried inside kube for minutes. Must be called inside a tokio
+    /// runtime.
+    pub fn from_config(config: kube::Config, options: KubeClusterOptions) -> Result<Self, Error> {
+        let mut eviction_config = config.clone();
+        eviction_config.default_retry = false;
+        let build = |config: kube::Config| {
+            Client::try_from(config).map_err(|e| Error::api("connect to", "the API server", e))
+        };
+        let client = build(config)?;
+        let evictions = build(eviction_config)?;
+        Ok(Self::with_clients(client, evictions, options))
+    }
+
+    /// Starts the watch caches, using `client` for everything. If its config has kube's
+    /// `default_retry` on (the default), a drain blocked by a PDB still ends at its timeout but
+    /// may not name the PDB. Must be called inside a tokio runtime.
     pub fn with_options(client: Client, options: KubeClusterOptions) -> Self {
-        let events = options
-            .event_reporter
-            .as_deref()
-            .map(|controller| NodeEvents::new(client.clone(), controller, options.event_instance.clone()));
+        Self::with_clients(client.clone(), client, options)
+    }
+
+    /// Starts the watch caches with a separate client for evictions.
+    pub fn with_clients(client: Client, evictions: Client, options: KubeClusterOptions) -> Self {
+        let events = options.event_reporter.as_deref().map(|controller| {
+            NodeEvents::new(client.clone(), controller, options.event_instance.clone())
+        });
         Self {
             nodes: Api::all(client.clone()),
             cache: SnapshotCache::start(client.clone()),
             client,
+            evictions,
             events,
             options,
         }
@@ -114,8 +140,14 @@ impl Cluster for KubeCluster {
             .await
             .map_err(|e| e.into_cluster_error("taint node", Some(node)))?;
         if changed {
-            let message = format!("Added taint {}={}:{}", taint.key, taint.value, taint.effect.as_str());
-            self.publish(node, "SpotGuardTainted", &message, false).await;
+            let message = format!(
+                "Added taint {}={}:{}",
+                taint.key,
+                taint.value,
+                taint.effect.as_str()
+            );
+            self.publish(node, "SpotGuardTainted", &message, false)
+                .await;
         }
         Ok(())
     }
@@ -125,16 +157,22 @@ impl Cluster for KubeCluster {
             .await
             .map_err(|e| e.into_cluster_error("untaint node", Some(node)))?;
         if changed {
-            self.publish(node, "SpotGuardUntainted", &format!("Removed taint {key}"), false)
-                .await;
+            self.publish(
+                node,
+                "SpotGuardUntainted",
+                &format!("Removed taint {key}"),
+                false,
+            )
+            .await;
         }
         Ok(())
     }
 
     async fn set_unschedulable(&self, node: &str, unschedulable: bool) -> Result<(), ClusterError> {
-        let changed = taint::set_unschedulable(&self.nodes, node, unschedulable, self.options.writes)
-            .await
-            .map_err(|e| e.into_cluster_error("cordon node", Some(node)))?;
+        let changed =
+            taint::set_unschedulable(&self.nodes, node, unschedulable, self.options.writes)
+                .await
+                .map_err(|e| e.into_cluster_error("cordon node", Some(node)))?;
         if changed {
             let (reason, message) = if unschedulable {
                 ("SpotGuardCordoned", "Marked unschedulable")
@@ -146,23 +184,36 @@ impl Cluster for KubeCluster {
         Ok(())
     }
 
-    async fn annotate(&self, node: &str, key: &str, value: Option<String>) -> Result<(), ClusterError> {
-        taint::set_annotation(&self.nodes, node, key, value.as_deref(), self.options.writes)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.into_cluster_error("annotate node", Some(node)))
+    async fn annotate(
+        &self,
+        node: &str,
+        key: &str,
+        value: Option<String>,
+    ) -> Result<(), ClusterError> {
+        taint::set_annotation(
+            &self.nodes,
+            node,
+            key,
+            value.as_deref(),
+            self.options.writes,
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| e.into_cluster_error("annotate node", Some(node)))
     }
 
     async fn drain(&self, node: &str, options: &DrainOptions) -> Result<DrainReport, ClusterError> {
-        let report = drain::drain(self.client.clone(), node, options)
+        let report = drain::drain(self.client.clone(), self.evictions.clone(), node, options)
             .await
             .map_err(|e| e.into_cluster_error("drain node", Some(node)))?;
         if report.is_complete() {
             let message = format!("Drained: {} pod(s) evicted", report.evicted());
-            self.publish(node, "SpotGuardDrained", &message, false).await;
+            self.publish(node, "SpotGuardDrained", &message, false)
+                .await;
         } else {
             let message = format!("Drain incomplete: {}", report.remaining().join(", "));
-            self.publish(node, "SpotGuardDrainIncomplete", &message, true).await;
+            self.publish(node, "SpotGuardDrainIncomplete", &message, true)
+                .await;
         }
         Ok(report)
     }

@@ -11,6 +11,10 @@
 //!    UID precondition so a same-named replacement is never evicted by mistake). At most
 //!    [`DrainOptions::concurrency`] eviction requests are in flight; a 429 (a PDB allows no
 //!    disruption now) or a 5xx is retried with backoff until [`DrainOptions::timeout`].
+//!    Evictions should go through a client whose `kube::Config::default_retry` is off
+//!    ([`crate::KubeCluster::from_config`] builds one): kube's own retry layer would retry a
+//!    429 internally for minutes and hide which PDB refused. Every call is also bounded by
+//!    the drain's deadline.
 //! 3. The drain waits until every evicted pod is gone (deleted, or replaced by a pod with a
 //!    new UID), polling the node's pod list.
 //!
@@ -23,8 +27,9 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use k8s_openapi::api::core::v1::Pod as KPod;
-use kube::api::{DeleteParams, EvictParams, ListParams, Preconditions};
+use kube::api::ListParams;
 use kube::{Api, Client};
+use serde_json::json;
 use spotguard_core::config::DrainOptions;
 use spotguard_core::model::OwnerKind;
 use spotguard_core::ports::{DrainReport, PodOutcome, PodReport, SkipReason};
@@ -78,7 +83,11 @@ fn plan(pod: &KPod, options: &DrainOptions) -> Result<Plan, Error> {
 
 /// The PDB a 429 names: `The disruption budget <name> needs ...`.
 pub fn blocking_pdb(status: &kube::core::Status, namespace: &str) -> Option<String> {
-    let causes = status.details.as_ref().map(|d| d.causes.as_slice()).unwrap_or_default();
+    let causes = status
+        .details
+        .as_ref()
+        .map(|d| d.causes.as_slice())
+        .unwrap_or_default();
     causes
         .iter()
         .map(|c| c.message.as_str())
@@ -99,25 +108,47 @@ enum Eviction {
     Failed(String),
 }
 
+/// The `policy/v1` Eviction of a pod, with the UID precondition and the grace-period
+/// override in `deleteOptions`.
+///
+/// Sent by hand: kube 5's `Api::evict` serializes the options as `delete_options`, a field the
+/// API server ignores, which would silently drop both.
+fn eviction_request(pod: &KPod, options: &DrainOptions) -> Result<http::Request<Vec<u8>>, String> {
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+    let mut delete_options = json!({});
+    if let Some(grace) = options.grace_period {
+        delete_options["gracePeriodSeconds"] = json!(grace.as_secs());
+    }
+    if let Some(uid) = &pod.metadata.uid {
+        delete_options["preconditions"] = json!({"uid": uid});
+    }
+    let body = json!({
+        "apiVersion": "policy/v1",
+        "kind": "Eviction",
+        "metadata": {"name": name, "namespace": namespace},
+        "deleteOptions": delete_options,
+    });
+    http::Request::post(format!(
+        "/api/v1/namespaces/{namespace}/pods/{name}/eviction"
+    ))
+    .header(http::header::CONTENT_TYPE, "application/json")
+    .body(serde_json::to_vec(&body).map_err(|e| e.to_string())?)
+    .map_err(|e| e.to_string())
+}
+
 async fn evict_one(
-    api: Api<KPod>,
+    client: Client,
     pod: &KPod,
     options: &DrainOptions,
     permits: &Semaphore,
     deadline: Instant,
 ) -> Eviction {
-    let name = pod.metadata.name.clone().unwrap_or_default();
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
-    let params = EvictParams {
-        delete_options: Some(DeleteParams {
-            grace_period_seconds: options.grace_period.map(|g| g.as_secs() as u32),
-            preconditions: pod.metadata.uid.clone().map(|uid| Preconditions {
-                uid: Some(uid),
-                resource_version: None,
-            }),
-            ..DeleteParams::default()
-        }),
-        ..EvictParams::default()
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let request = match eviction_request(pod, options) {
+        Ok(r) => r,
+        Err(e) => return Eviction::Failed(format!("cannot build the eviction: {e}")),
     };
     let mut pause = RETRY_MIN;
     let mut blocked_by = None;
@@ -127,18 +158,37 @@ async fn evict_one(
             let Ok(_permit) = permits.acquire().await else {
                 return Eviction::Failed("drain stopped".into());
             };
-            api.evict(&name, &params).await
+            let mut attempt = http::Request::post(request.uri().clone())
+                .body(request.body().clone())
+                .expect("valid request");
+            *attempt.headers_mut() = request.headers().clone();
+            tokio::time::timeout_at(deadline, client.request::<kube::core::Status>(attempt)).await
+        };
+        let result = match result {
+            Ok(result) => result,
+            Err(_) => {
+                return match blocked_by {
+                    Some(pdb) => Eviction::Blocked(Some(pdb)),
+                    None => Eviction::Failed(
+                        "no answer to the eviction before the drain timed out".into(),
+                    ),
+                }
+            }
         };
         match result {
             Ok(_) => return Eviction::Accepted,
             // Gone already, or replaced by a pod with another UID: either way it left.
-            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => return Eviction::Accepted,
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {
+                return Eviction::Accepted
+            }
             Err(kube::Error::Api(s)) if s.code == 429 => {
                 blocked_by = blocking_pdb(&s, &namespace).or(blocked_by);
                 last_error = None;
                 tracing::debug!(pod = %format!("{namespace}/{name}"), pdb = ?blocked_by, "eviction refused by a disruption budget; retrying");
             }
-            Err(kube::Error::Api(s)) if s.code >= 500 && !s.message.contains("more than one PodDisruptionBudget") => {
+            Err(kube::Error::Api(s))
+                if s.code >= 500 && !s.message.contains("more than one PodDisruptionBudget") =>
+            {
                 last_error = Some(format!("API server answered {}: {}", s.code, s.message));
             }
             Err(kube::Error::Api(s)) => {
@@ -149,7 +199,9 @@ async fn evict_one(
         let now = Instant::now();
         if now >= deadline {
             return match last_error {
-                Some(e) if blocked_by.is_none() => Eviction::Failed(format!("not evicted before the drain timed out: {e}")),
+                Some(e) if blocked_by.is_none() => {
+                    Eviction::Failed(format!("not evicted before the drain timed out: {e}"))
+                }
                 _ => Eviction::Blocked(blocked_by),
             };
         }
@@ -170,7 +222,15 @@ fn key_of(pod: &KPod) -> String {
 }
 
 /// Drains `node`. See the module documentation for the steps.
-pub async fn drain(client: Client, node: &str, options: &DrainOptions) -> Result<DrainReport, Error> {
+///
+/// `client` lists and watches; `evictions` sends the evictions (ideally without kube's retry
+/// layer, see the module documentation; the same client works, with less precise reports).
+pub async fn drain(
+    client: Client,
+    evictions: Client,
+    node: &str,
+    options: &DrainOptions,
+) -> Result<DrainReport, Error> {
     let started = Instant::now();
     let deadline = started + options.timeout;
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
@@ -181,7 +241,9 @@ pub async fn drain(client: Client, node: &str, options: &DrainOptions) -> Result
         .map_err(|e| Error::api("get", &node_object, e))?
         .is_none()
     {
-        return Err(Error::NotFound { object: node_object });
+        return Err(Error::NotFound {
+            object: node_object,
+        });
     }
     let all_pods: Api<KPod> = Api::all(client.clone());
     let on_node = ListParams::default().fields(&format!("spec.nodeName={node}"));
@@ -212,7 +274,8 @@ pub async fn drain(client: Client, node: &str, options: &DrainOptions) -> Result
             outcomes.insert(
                 key_of(pod),
                 PodOutcome::Failed {
-                    message: "not evicted: the drain was refused because of other pods on the node".into(),
+                    message: "not evicted: the drain was refused because of other pods on the node"
+                        .into(),
                 },
             );
         }
@@ -224,11 +287,11 @@ pub async fn drain(client: Client, node: &str, options: &DrainOptions) -> Result
     let evictions_done = Arc::new(tokio::sync::Notify::new());
     let evictions = async {
         let results = join_all(to_evict.iter().map(|pod| {
-            let api = Api::namespaced(client.clone(), pod.metadata.namespace.as_deref().unwrap_or_default());
+            let evictions = evictions.clone();
             let leaving = leaving.clone();
             let permits = &permits;
             async move {
-                let outcome = evict_one(api, pod, options, permits, deadline).await;
+                let outcome = evict_one(evictions, pod, options, permits, deadline).await;
                 if let Eviction::Accepted = outcome {
                     leaving
                         .lock()
@@ -285,7 +348,13 @@ async fn wait_until_gone(
             return;
         }
         if pending {
-            match pods.list(on_node).await {
+            match tokio::time::timeout_at(deadline, pods.list(on_node))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(kube::Error::Service(
+                        "no answer before the drain deadline".into(),
+                    ))
+                }) {
                 Ok(list) => {
                     let present: BTreeSet<(String, String)> = list
                         .items
@@ -297,7 +366,9 @@ async fn wait_until_gone(
                         .unwrap_or_else(|e| e.into_inner())
                         .retain(|key, uid| present.contains(&(key.clone(), uid.clone())));
                 }
-                Err(e) => tracing::warn!(error = %e, "listing pods while waiting for evicted pods failed"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "listing pods while waiting for evicted pods failed")
+                }
             }
             if all_settled && leaving.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
                 return;
@@ -350,14 +421,23 @@ mod tests {
             details: Some(StatusDetails {
                 causes: vec![StatusCause {
                     reason: "DisruptionBudget".into(),
-                    message: "The disruption budget web-pdb needs 2 healthy pods and has 2 currently".into(),
+                    message:
+                        "The disruption budget web-pdb needs 2 healthy pods and has 2 currently"
+                            .into(),
                     field: String::new(),
                 }],
-                ..StatusDetails::default()
+                name: String::new(),
+                group: String::new(),
+                kind: String::new(),
+                uid: String::new(),
+                retry_after_seconds: 0,
             }),
             ..kube::core::Status::default()
         };
-        assert_eq!(blocking_pdb(&status, "shop"), Some("shop/web-pdb".to_string()));
+        assert_eq!(
+            blocking_pdb(&status, "shop"),
+            Some("shop/web-pdb".to_string())
+        );
         let bare = kube::core::Status {
             code: 429,
             message: "Cannot evict pod as it would violate the pod's disruption budget.".into(),

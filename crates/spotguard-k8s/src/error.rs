@@ -103,9 +103,7 @@ impl Error {
     /// unchanged).
     pub fn at(self, object: &str, field: &str) -> Self {
         match self {
-            Self::Quantity {
-                value, reason, ..
-            } => Self::Quantity {
+            Self::Quantity { value, reason, .. } => Self::Quantity {
                 object: object.to_string(),
                 field: field.to_string(),
                 value,

@@ -32,7 +32,13 @@ impl NodeEvents {
 
     /// Publishes an event on `node`: `reason` in PascalCase (`SpotGuardDrained`), a
     /// human-readable `message`, and `warning` for things an operator should look at.
-    pub async fn publish(&self, node: &str, reason: &str, message: &str, warning: bool) -> Result<(), Error> {
+    pub async fn publish(
+        &self,
+        node: &str,
+        reason: &str,
+        message: &str,
+        warning: bool,
+    ) -> Result<(), Error> {
         let object = object_name("node", None, node);
         // The UID ties the event to this incarnation of the node; events still publish if
         // the node cannot be read.
@@ -48,7 +54,11 @@ impl NodeEvents {
             ..ObjectReference::default()
         };
         let event = Event {
-            type_: if warning { EventType::Warning } else { EventType::Normal },
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
             reason: reason.to_string(),
             note: Some(message.chars().take(1024).collect()),
             action: reason.to_string(),

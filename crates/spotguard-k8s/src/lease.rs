@@ -75,7 +75,13 @@ pub struct LeaseLock {
 impl LeaseLock {
     /// The Lease `namespace/name`, held as `identity` for `duration` per renewal
     /// (at least one second; Leases count whole seconds).
-    pub fn new(client: Client, namespace: &str, name: &str, identity: &str, duration: Duration) -> Self {
+    pub fn new(
+        client: Client,
+        namespace: &str,
+        name: &str,
+        identity: &str,
+        duration: Duration,
+    ) -> Self {
         Self {
             api: Api::namespaced(client, namespace),
             namespace: namespace.to_string(),
@@ -136,7 +142,11 @@ impl LeaseLock {
     /// identity holds it, or takes it when it is free or expired. Returns whether this
     /// identity holds the Lease afterwards. Never waits.
     pub async fn try_acquire_or_renew(&self) -> Result<bool, Error> {
-        let current = self.api.get_opt(&self.name).await.map_err(|e| self.error("get", e))?;
+        let current = self
+            .api
+            .get_opt(&self.name)
+            .await
+            .map_err(|e| self.error("get", e))?;
         let Some(mut lease) = current else {
             let lease = Lease {
                 metadata: ObjectMeta {
@@ -171,10 +181,18 @@ impl LeaseLock {
             (Some(t), true) => t.0,
             _ => Timestamp::now(),
         };
-        let transitions = if mine { seen.transitions } else { seen.transitions + 1 };
+        let transitions = if mine {
+            seen.transitions
+        } else {
+            seen.transitions + 1
+        };
         lease.spec = Some(self.spec(acquire, transitions));
         // `replace` sends the resourceVersion just read: a concurrent write makes it a 409.
-        match self.api.replace(&self.name, &PostParams::default(), &lease).await {
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
             Ok(updated) => {
                 self.observe(&updated.spec.unwrap_or_default());
                 Ok(true)
@@ -189,7 +207,12 @@ impl LeaseLock {
     /// nothing.
     pub async fn release(&self) -> Result<(), Error> {
         for _ in 0..5 {
-            let Some(mut lease) = self.api.get_opt(&self.name).await.map_err(|e| self.error("get", e))? else {
+            let Some(mut lease) = self
+                .api
+                .get_opt(&self.name)
+                .await
+                .map_err(|e| self.error("get", e))?
+            else {
                 return Ok(());
             };
             let spec = lease.spec.clone().unwrap_or_default();
@@ -202,7 +225,11 @@ impl LeaseLock {
                 renew_time: Some(MicroTime(Timestamp::now())),
                 ..spec
             });
-            match self.api.replace(&self.name, &PostParams::default(), &lease).await {
+            match self
+                .api
+                .replace(&self.name, &PostParams::default(), &lease)
+                .await
+            {
                 Ok(_) => return Ok(()),
                 Err(e) if is_status(&e, 409) => continue,
                 Err(e) => return Err(self.error("release", e)),
@@ -261,9 +288,9 @@ pub fn lease_name(prefix: &str, group: &str) -> String {
         .collect();
     if name != raw || name.len() > 253 {
         // FNV-1a: small, stable across releases and platforms.
-        let hash = raw
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3));
+        let hash = raw.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+        });
         name.truncate(253 - 17);
         name = format!("{}-{hash:016x}", name.trim_end_matches(['-', '.']));
     }
@@ -346,8 +373,12 @@ impl ScaleLock for LeaseScaleLock {
                 tokio::time::sleep(renew_every).await;
                 match renewing.try_acquire_or_renew().await {
                     Ok(true) => {}
-                    Ok(false) => tracing::error!(group = %name, "scale lock lease was lost while held"),
-                    Err(e) => tracing::warn!(group = %name, error = %e, "renewing the scale lock lease failed"),
+                    Ok(false) => {
+                        tracing::error!(group = %name, "scale lock lease was lost while held")
+                    }
+                    Err(e) => {
+                        tracing::warn!(group = %name, error = %e, "renewing the scale lock lease failed")
+                    }
                 }
             }
         });
@@ -359,7 +390,11 @@ impl ScaleLock for LeaseScaleLock {
     }
 
     async fn release(&self, group: &str) -> Result<(), LockError> {
-        let held = self.held.lock().unwrap_or_else(|e| e.into_inner()).remove(group);
+        let held = self
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(group);
         let Some(held) = held else {
             return Err(LockError {
                 group: group.to_string(),
@@ -395,7 +430,13 @@ pub struct LeaderElector {
 impl LeaderElector {
     /// An elector for the Lease `namespace/name`, as `identity`, with `duration` (default
     /// deployments use 15s).
-    pub fn new(client: Client, namespace: &str, name: &str, identity: &str, duration: Duration) -> Self {
+    pub fn new(
+        client: Client,
+        namespace: &str,
+        name: &str,
+        identity: &str,
+        duration: Duration,
+    ) -> Self {
         Self {
             lock: LeaseLock::new(client, namespace, name, identity, duration),
             last_renewal: Mutex::new(None),
@@ -453,13 +494,18 @@ mod tests {
 
     #[test]
     fn lease_names_are_dns_safe_and_distinct() {
-        assert_eq!(lease_name("spotguard-scale-", "web-spot"), "spotguard-scale-web-spot");
+        assert_eq!(
+            lease_name("spotguard-scale-", "web-spot"),
+            "spotguard-scale-web-spot"
+        );
         let a = lease_name("spotguard-scale-", "Web_Spot");
         let b = lease_name("spotguard-scale-", "web-spot");
         assert_ne!(a, b);
         assert!(a.starts_with("spotguard-scale-web-spot-"), "{a}");
         let long = lease_name("p-", &"x".repeat(400));
         assert!(long.len() <= 253, "{}", long.len());
-        assert!(a.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.'));
+        assert!(a
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.'));
     }
 }

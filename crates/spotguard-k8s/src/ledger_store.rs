@@ -80,7 +80,11 @@ impl ConfigMapLedgerStore {
     }
 
     /// Saves the ledger if the stored version is still `expected`; see [`LedgerStore::save`].
-    pub async fn save_ledger(&self, ledger: &Ledger, expected: Option<&str>) -> Result<String, Error> {
+    pub async fn save_ledger(
+        &self,
+        ledger: &Ledger,
+        expected: Option<&str>,
+    ) -> Result<String, Error> {
         let text = serde_json::to_string(ledger).map_err(|e| Error::Malformed {
             object: self.location(),
             message: e.to_string(),
@@ -114,24 +118,33 @@ impl ConfigMapLedgerStore {
                     "metadata": {"resourceVersion": version},
                     "data": {self.key.clone(): text},
                 });
-                match self.api.patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                match self
+                    .api
+                    .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                {
                     // 404: deleted since it was loaded — the stored version changed too.
                     Err(e) if is_status(&e, 409) || is_status(&e, 404) => return Err(conflict()),
                     other => other.map_err(|e| Error::api("patch", self.object(), e))?,
                 }
             }
         };
-        saved.metadata.resource_version.ok_or_else(|| Error::Malformed {
-            object: self.object(),
-            message: "the API server returned no resourceVersion".into(),
-        })
+        saved
+            .metadata
+            .resource_version
+            .ok_or_else(|| Error::Malformed {
+                object: self.object(),
+                message: "the API server returned no resourceVersion".into(),
+            })
     }
 }
 
 #[async_trait]
 impl LedgerStore for ConfigMapLedgerStore {
     async fn load(&self) -> Result<Versioned<Ledger>, StoreError> {
-        self.load_ledger().await.map_err(|e| e.into_store_error(None))
+        self.load_ledger()
+            .await
+            .map_err(|e| e.into_store_error(None))
     }
 
     async fn save(&self, ledger: &Ledger, expected: Option<String>) -> Result<String, StoreError> {

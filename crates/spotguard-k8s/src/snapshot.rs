@@ -16,14 +16,16 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as KQuantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector as KLabelSelector, LabelSelectorRequirement};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector as KLabelSelector, LabelSelectorRequirement,
+};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
 use spotguard_core::model::{
     instance_id_from_provider_id, CapacityType, ClusterSnapshot, LabelSelector, Node,
-    NodeSelectorTerm, OwnerKind, Pdb, Pod, Resources, SelectorOperator, SelectorRequirement,
-    Taint, TaintEffect, Toleration, TolerationOperator,
+    NodeSelectorTerm, OwnerKind, Pdb, Pod, Resources, SelectorOperator, SelectorRequirement, Taint,
+    TaintEffect, Toleration, TolerationOperator,
 };
 use tokio::task::JoinHandle;
 
@@ -65,7 +67,11 @@ impl Default for CapacityLabels {
         Self(vec![
             CapacityLabel::new("eks.amazonaws.com/capacityType", &["SPOT"], &["ON_DEMAND"]),
             CapacityLabel::new("karpenter.sh/capacity-type", &["spot"], &["on-demand"]),
-            CapacityLabel::new("node.kubernetes.io/lifecycle", &["spot"], &["normal", "on-demand"]),
+            CapacityLabel::new(
+                "node.kubernetes.io/lifecycle",
+                &["spot"],
+                &["normal", "on-demand"],
+            ),
         ])
     }
 }
@@ -133,12 +139,19 @@ pub fn node_from_k8s(node: &KNode, labels: &CapacityLabels) -> Result<Node, Erro
         }
     };
     Ok(Node {
-        instance_id: spec.provider_id.as_deref().and_then(instance_id_from_provider_id),
+        instance_id: spec
+            .provider_id
+            .as_deref()
+            .and_then(instance_id_from_provider_id),
         capacity_type: labels.capacity_type(&node_labels),
         ready,
         unschedulable: spec.unschedulable.unwrap_or(false),
         taints,
-        allocatable: Resources::new(amount("cpu", true)?, amount("memory", false)?, amount("pods", false)?),
+        allocatable: Resources::new(
+            amount("cpu", true)?,
+            amount("memory", false)?,
+            amount("pods", false)?,
+        ),
         labels: node_labels,
         annotations: node.metadata.annotations.clone().unwrap_or_default(),
         name,
@@ -185,7 +198,11 @@ fn amounts(
 
 fn container_requests(c: &Container, object: &str, list: &str) -> Result<(u64, u64), Error> {
     let requests = c.resources.as_ref().and_then(|r| r.requests.as_ref());
-    amounts(requests, object, &format!("spec.{list}[{}].resources.requests", c.name))
+    amounts(
+        requests,
+        object,
+        &format!("spec.{list}[{}].resources.requests", c.name),
+    )
 }
 
 fn add(a: (u64, u64), b: (u64, u64)) -> (u64, u64) {
@@ -235,7 +252,10 @@ pub fn effective_requests(pod: &KPod) -> Result<Resources, Error> {
             total.1 = memory;
         }
     }
-    total = add(total, amounts(spec.overhead.as_ref(), &object, "spec.overhead")?);
+    total = add(
+        total,
+        amounts(spec.overhead.as_ref(), &object, "spec.overhead")?,
+    );
     Ok(Resources::new(total.0, total.1, 1))
 }
 
@@ -257,7 +277,11 @@ fn operator(op: &str, object: &str, field: &str) -> Result<SelectorOperator, Err
     })
 }
 
-fn node_requirement(r: &NodeSelectorRequirement, object: &str, field: &str) -> Result<SelectorRequirement, Error> {
+fn node_requirement(
+    r: &NodeSelectorRequirement,
+    object: &str,
+    field: &str,
+) -> Result<SelectorRequirement, Error> {
     Ok(SelectorRequirement {
         key: r.key.clone(),
         operator: operator(&r.operator, object, field)?,
@@ -305,8 +329,15 @@ pub fn pod_from_k8s(pod: &KPod) -> Result<Pod, Error> {
         .affinity
         .as_ref()
         .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref());
-    for (i, term) in required.iter().flat_map(|r| r.node_selector_terms.iter()).enumerate() {
+        .and_then(|a| {
+            a.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        });
+    for (i, term) in required
+        .iter()
+        .flat_map(|r| r.node_selector_terms.iter())
+        .enumerate()
+    {
         let field = format!("spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[{i}]");
         let match_expressions = term
             .match_expressions
@@ -398,8 +429,14 @@ pub fn snapshot_from_k8s(
     labels: &CapacityLabels,
 ) -> Result<ClusterSnapshot, Error> {
     let mut snapshot = ClusterSnapshot {
-        nodes: nodes.iter().map(|n| node_from_k8s(n, labels)).collect::<Result<_, _>>()?,
-        pods: pods.iter().map(|p| pod_from_k8s(p)).collect::<Result<_, _>>()?,
+        nodes: nodes
+            .iter()
+            .map(|n| node_from_k8s(n, labels))
+            .collect::<Result<_, _>>()?,
+        pods: pods
+            .iter()
+            .map(|p| pod_from_k8s(p))
+            .collect::<Result<_, _>>()?,
         pdbs: pdbs
             .iter()
             .filter_map(|p| pdb_from_k8s(p).transpose())
@@ -422,7 +459,13 @@ pub struct SnapshotCache {
 
 fn spawn_reflector<K>(api: Api<K>) -> (Store<K>, JoinHandle<()>)
 where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K: kube::Resource
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
     let (reader, writer) = reflector::store();
@@ -459,8 +502,14 @@ impl SnapshotCache {
         let not_ready = |resource: &str| Error::NotReady {
             resource: resource.into(),
         };
-        self.nodes.wait_until_ready().await.map_err(|_| not_ready("nodes"))?;
-        self.pods.wait_until_ready().await.map_err(|_| not_ready("pods"))?;
+        self.nodes
+            .wait_until_ready()
+            .await
+            .map_err(|_| not_ready("nodes"))?;
+        self.pods
+            .wait_until_ready()
+            .await
+            .map_err(|_| not_ready("pods"))?;
         self.pdbs
             .wait_until_ready()
             .await
@@ -484,7 +533,12 @@ impl SnapshotCache {
 
     /// Translates the cached objects.
     pub fn snapshot(&self, labels: &CapacityLabels) -> Result<ClusterSnapshot, Error> {
-        snapshot_from_k8s(&self.nodes.state(), &self.pods.state(), &self.pdbs.state(), labels)
+        snapshot_from_k8s(
+            &self.nodes.state(),
+            &self.pods.state(),
+            &self.pdbs.state(),
+            labels,
+        )
     }
 }
 
@@ -549,19 +603,40 @@ mod tests {
         }));
         let err = pod_from_k8s(&p).unwrap_err().to_string();
         assert!(err.contains("pod shop/web"), "{err}");
-        assert!(err.contains("spec.containers[app].resources.requests.memory"), "{err}");
+        assert!(
+            err.contains("spec.containers[app].resources.requests.memory"),
+            "{err}"
+        );
     }
 
     #[test]
     fn capacity_labels_in_order() {
         let labels = CapacityLabels::default();
         let l = |k: &str, v: &str| BTreeMap::from([(k.to_string(), v.to_string())]);
-        assert_eq!(labels.capacity_type(&l("eks.amazonaws.com/capacityType", "SPOT")), CapacityType::Spot);
-        assert_eq!(labels.capacity_type(&l("karpenter.sh/capacity-type", "on-demand")), CapacityType::OnDemand);
-        assert_eq!(labels.capacity_type(&l("node.kubernetes.io/lifecycle", "normal")), CapacityType::OnDemand);
-        assert_eq!(labels.capacity_type(&l("node.kubernetes.io/lifecycle", "spot")), CapacityType::Spot);
-        assert_eq!(labels.capacity_type(&l("other", "spot")), CapacityType::Unknown);
+        assert_eq!(
+            labels.capacity_type(&l("eks.amazonaws.com/capacityType", "SPOT")),
+            CapacityType::Spot
+        );
+        assert_eq!(
+            labels.capacity_type(&l("karpenter.sh/capacity-type", "on-demand")),
+            CapacityType::OnDemand
+        );
+        assert_eq!(
+            labels.capacity_type(&l("node.kubernetes.io/lifecycle", "normal")),
+            CapacityType::OnDemand
+        );
+        assert_eq!(
+            labels.capacity_type(&l("node.kubernetes.io/lifecycle", "spot")),
+            CapacityType::Spot
+        );
+        assert_eq!(
+            labels.capacity_type(&l("other", "spot")),
+            CapacityType::Unknown
+        );
         let custom = CapacityLabels(vec![CapacityLabel::new("pool", &["cheap"], &["steady"])]);
-        assert_eq!(custom.capacity_type(&l("pool", "cheap")), CapacityType::Spot);
+        assert_eq!(
+            custom.capacity_type(&l("pool", "cheap")),
+            CapacityType::Spot
+        );
     }
 }

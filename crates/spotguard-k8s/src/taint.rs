@@ -70,21 +70,32 @@ where
         let Some(ops) = change(&current) else {
             return Ok(false);
         };
-        let version = current.metadata.resource_version.clone().unwrap_or_default();
-        let mut patch = vec![json!({"op": "test", "path": "/metadata/resourceVersion", "value": version})];
+        let version = current
+            .metadata
+            .resource_version
+            .clone()
+            .unwrap_or_default();
+        let mut patch =
+            vec![json!({"op": "test", "path": "/metadata/resourceVersion", "value": version})];
         patch.extend(ops);
-        let patch: json_patch::Patch = serde_json::from_value(Value::Array(patch)).map_err(|e| Error::Invalid {
-            object: object.clone(),
-            field: "patch".into(),
-            message: e.to_string(),
-        })?;
+        let patch: json_patch::Patch =
+            serde_json::from_value(Value::Array(patch)).map_err(|e| Error::Invalid {
+                object: object.clone(),
+                field: "patch".into(),
+                message: e.to_string(),
+            })?;
         match api
             .patch(node, &PatchParams::default(), &Patch::Json::<()>(patch))
             .await
         {
             Ok(_) => return Ok(true),
             Err(e) if is_conflict(&e) => {
-                tracing::debug!(node, operation, attempt, "node changed concurrently; retrying");
+                tracing::debug!(
+                    node,
+                    operation,
+                    attempt,
+                    "node changed concurrently; retrying"
+                );
                 if attempt < policy.attempts {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(1));
@@ -103,7 +114,10 @@ where
 }
 
 fn taints_of(node: &Node) -> Vec<KTaint> {
-    node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default()
+    node.spec
+        .as_ref()
+        .and_then(|s| s.taints.clone())
+        .unwrap_or_default()
 }
 
 fn set_taints_op(taints: &[KTaint]) -> Value {
@@ -116,15 +130,21 @@ fn set_taints_op(taints: &[KTaint]) -> Value {
 
 /// Ensures `taint` is on the node: a taint with the same key and effect is replaced when its
 /// value differs; other taints are kept as they are. Returns whether the node changed.
-pub async fn add_taint(api: &Api<Node>, node: &str, taint: &Taint, policy: WritePolicy) -> Result<bool, Error> {
+pub async fn add_taint(
+    api: &Api<Node>,
+    node: &str,
+    taint: &Taint,
+    policy: WritePolicy,
+) -> Result<bool, Error> {
     update_node(api, node, policy, "taint", |current| {
         let mut taints = taints_of(current);
         let effect = taint.effect.as_str();
         let wanted = Some(taint.value.clone()).filter(|v| !v.is_empty());
-        if taints
-            .iter()
-            .any(|t| t.key == taint.key && t.effect == effect && t.value.clone().filter(|v| !v.is_empty()) == wanted)
-        {
+        if taints.iter().any(|t| {
+            t.key == taint.key
+                && t.effect == effect
+                && t.value.clone().filter(|v| !v.is_empty()) == wanted
+        }) {
             return None;
         }
         taints.retain(|t| !(t.key == taint.key && t.effect == effect));
@@ -144,7 +164,12 @@ pub async fn add_taint(api: &Api<Node>, node: &str, taint: &Taint, policy: Write
 }
 
 /// Removes every taint with this key. Returns whether the node changed.
-pub async fn remove_taint(api: &Api<Node>, node: &str, key: &str, policy: WritePolicy) -> Result<bool, Error> {
+pub async fn remove_taint(
+    api: &Api<Node>,
+    node: &str,
+    key: &str,
+    policy: WritePolicy,
+) -> Result<bool, Error> {
     update_node(api, node, policy, "untaint", |current| {
         let mut taints = taints_of(current);
         let before = taints.len();
@@ -155,7 +180,12 @@ pub async fn remove_taint(api: &Api<Node>, node: &str, key: &str, policy: WriteP
 }
 
 /// Cordons (`true`) or uncordons (`false`) the node. Returns whether the node changed.
-pub async fn set_unschedulable(api: &Api<Node>, node: &str, unschedulable: bool, policy: WritePolicy) -> Result<bool, Error> {
+pub async fn set_unschedulable(
+    api: &Api<Node>,
+    node: &str,
+    unschedulable: bool,
+    policy: WritePolicy,
+) -> Result<bool, Error> {
     update_node(api, node, policy, "cordon", |current| {
         let spec = current.spec.clone().unwrap_or_default();
         if spec.unschedulable.unwrap_or(false) == unschedulable {
@@ -184,7 +214,10 @@ pub async fn set_annotation(
 ) -> Result<bool, Error> {
     update_node(api, node, policy, "annotate", |current| {
         let annotations = current.metadata.annotations.clone();
-        let existing = annotations.as_ref().and_then(|a| a.get(key)).map(String::as_str);
+        let existing = annotations
+            .as_ref()
+            .and_then(|a| a.get(key))
+            .map(String::as_str);
         if existing == value {
             return None;
         }
@@ -206,7 +239,10 @@ mod tests {
 
     #[test]
     fn pointer_escaping() {
-        assert_eq!(pointer_escape("cluster-autoscaler.kubernetes.io/scale-down-disabled"), "cluster-autoscaler.kubernetes.io~1scale-down-disabled");
+        assert_eq!(
+            pointer_escape("cluster-autoscaler.kubernetes.io/scale-down-disabled"),
+            "cluster-autoscaler.kubernetes.io~1scale-down-disabled"
+        );
         assert_eq!(pointer_escape("a~b/c"), "a~0b~1c");
     }
 }

@@ -24,12 +24,17 @@ pub struct Shared {
     pub(crate) state: Mutex<State>,
     pub(crate) changes: broadcast::Sender<Arc<Change>>,
     pub(crate) addr: SocketAddr,
+    /// Evictions being answered now, and the most ever at once.
+    pub(crate) evictions_in_flight: Mutex<(usize, usize)>,
 }
 
 impl Shared {
     /// Runs `f` on the state; its changes go to watchers (in order, under the lock) and its
     /// follow-ups are scheduled.
-    pub fn apply<T>(self: &Arc<Self>, f: impl FnOnce(&mut State, &mut Vec<Change>, &mut Vec<Followup>) -> T) -> T {
+    pub fn apply<T>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&mut State, &mut Vec<Change>, &mut Vec<Followup>) -> T,
+    ) -> T {
         let mut changes = Vec::new();
         let mut followups = Vec::new();
         let out = {
@@ -50,11 +55,21 @@ impl Shared {
         let shared = self.clone();
         tokio::spawn(async move {
             match followup {
-                Followup::RemovePod { namespace, name, uid, after } => {
+                Followup::RemovePod {
+                    namespace,
+                    name,
+                    uid,
+                    after,
+                } => {
                     tokio::time::sleep(after).await;
                     shared.apply(|st, ch, _| st.finish_termination(&namespace, &name, &uid, ch));
                 }
-                Followup::MakeReady { namespace, name, uid, after } => {
+                Followup::MakeReady {
+                    namespace,
+                    name,
+                    uid,
+                    after,
+                } => {
                     tokio::time::sleep(after).await;
                     shared.apply(|st, ch, _| st.make_ready(&namespace, &name, &uid, ch));
                 }
@@ -85,12 +100,24 @@ fn error_response(e: &ApiError) -> Response<Body> {
 
 fn verbs(resource: &super::store::Resource) -> Value {
     let _ = resource;
-    json!(["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"])
+    json!([
+        "create",
+        "delete",
+        "deletecollection",
+        "get",
+        "list",
+        "patch",
+        "update",
+        "watch"
+    ])
 }
 
 fn resource_list(group: &str, version: &str) -> Option<Value> {
     let mut resources = Vec::new();
-    for r in RESOURCES.iter().filter(|r| r.group == group && r.version == version) {
+    for r in RESOURCES
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+    {
         resources.push(json!({
             "name": r.plural,
             "singularName": r.singular,
@@ -110,12 +137,22 @@ fn resource_list(group: &str, version: &str) -> Option<Value> {
     if resources.is_empty() {
         return None;
     }
-    let group_version = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
-    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources}))
+    let group_version = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources}),
+    )
 }
 
 fn group_list() -> Value {
-    let mut groups: Vec<&str> = RESOURCES.iter().map(|r| r.group).filter(|g| !g.is_empty()).collect();
+    let mut groups: Vec<&str> = RESOURCES
+        .iter()
+        .map(|r| r.group)
+        .filter(|g| !g.is_empty())
+        .collect();
     groups.dedup();
     let groups: Vec<Value> = groups
         .into_iter()
@@ -128,11 +165,16 @@ fn group_list() -> Value {
 }
 
 fn age(object: &Value) -> String {
-    let created = object["metadata"]["creationTimestamp"].as_str().and_then(|t| t.parse::<Timestamp>().ok());
+    let created = object["metadata"]["creationTimestamp"]
+        .as_str()
+        .and_then(|t| t.parse::<Timestamp>().ok());
     let Some(created) = created else {
         return "<unknown>".into();
     };
-    let secs = Timestamp::now().as_second().saturating_sub(created.as_second()).max(0);
+    let secs = Timestamp::now()
+        .as_second()
+        .saturating_sub(created.as_second())
+        .max(0);
     match secs {
         s if s < 120 => format!("{s}s"),
         s if s < 7200 => format!("{}m", s / 60),
@@ -141,9 +183,10 @@ fn age(object: &Value) -> String {
 }
 
 fn condition(object: &Value, kind: &str) -> bool {
-    object["status"]["conditions"]
-        .as_array()
-        .is_some_and(|cs| cs.iter().any(|c| c["type"] == kind && c["status"] == "True"))
+    object["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == kind && c["status"] == "True")
+    })
 }
 
 /// A `meta.k8s.io/v1` Table, which `kubectl get` asks for.
@@ -152,22 +195,51 @@ fn table(resource: ResourceId, items: &[Value], rv: u64) -> Value {
     let column = |name: &str, priority: u8| json!({"name": name, "type": "string", "format": if name == "Name" { "name" } else { "" }, "description": "", "priority": priority});
     let (columns, cells): (Vec<Value>, Box<dyn Fn(&Value) -> Vec<Value>>) = match r.plural {
         "nodes" => (
-            vec![column("Name", 0), column("Status", 0), column("Roles", 0), column("Age", 0), column("Version", 0)],
+            vec![
+                column("Name", 0),
+                column("Status", 0),
+                column("Roles", 0),
+                column("Age", 0),
+                column("Version", 0),
+            ],
             Box::new(|n: &Value| {
-                let mut status = if condition(n, "Ready") { "Ready".to_string() } else { "NotReady".to_string() };
+                let mut status = if condition(n, "Ready") {
+                    "Ready".to_string()
+                } else {
+                    "NotReady".to_string()
+                };
                 if n["spec"]["unschedulable"] == json!(true) {
                     status.push_str(",SchedulingDisabled");
                 }
-                vec![n["metadata"]["name"].clone(), json!(status), json!("<none>"), json!(age(n)), json!("v1.32.0")]
+                vec![
+                    n["metadata"]["name"].clone(),
+                    json!(status),
+                    json!("<none>"),
+                    json!(age(n)),
+                    json!("v1.32.0"),
+                ]
             }),
         ),
         "pods" => (
-            vec![column("Name", 0), column("Ready", 0), column("Status", 0), column("Restarts", 0), column("Age", 0), column("Node", 1)],
+            vec![
+                column("Name", 0),
+                column("Ready", 0),
+                column("Status", 0),
+                column("Restarts", 0),
+                column("Age", 0),
+                column("Node", 1),
+            ],
             Box::new(|p: &Value| {
-                let containers = p["spec"]["containers"].as_array().map(Vec::len).unwrap_or(0);
+                let containers = p["spec"]["containers"]
+                    .as_array()
+                    .map(Vec::len)
+                    .unwrap_or(0);
                 let ready = if condition(p, "Ready") { containers } else { 0 };
                 let status = if p["metadata"]["deletionTimestamp"].is_null() {
-                    p["status"]["phase"].as_str().unwrap_or("Unknown").to_string()
+                    p["status"]["phase"]
+                        .as_str()
+                        .unwrap_or("Unknown")
+                        .to_string()
                 } else {
                     "Terminating".to_string()
                 };
@@ -269,23 +341,39 @@ fn parse_query(query: &str) -> HashMap<String, String> {
 }
 
 /// Serves one request.
-pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+pub async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let method = req.method().clone();
     let uri = req.uri().clone();
-    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
     let accept = header("accept");
     let content_type = header("content-type");
-    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let path = uri.path().to_string();
-    let path_and_query = uri.path_and_query().map(|p| p.to_string()).unwrap_or_default();
+    let path_and_query = uri
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
     let query = parse_query(uri.query().unwrap_or_default());
 
     let injected = {
         let mut state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
-        let hit = state
-            .injected
-            .iter_mut()
-            .find(|(fragment, _, remaining)| *remaining > 0 && path_and_query.contains(fragment.as_str()));
+        let hit = state.injected.iter_mut().find(|(fragment, _, remaining)| {
+            *remaining > 0 && path_and_query.contains(fragment.as_str())
+        });
         hit.map(|entry| {
             entry.2 -= 1;
             entry.1
@@ -293,14 +381,29 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Respo
     };
     let response = match injected {
         Some(code) => error_response(&ApiError::new(code, "InternalError", "injected failure")),
-        None => route(&shared, &method, &path, &query, &accept, &content_type, &body).await,
+        None => {
+            route(
+                &shared,
+                &method,
+                &path,
+                &query,
+                &accept,
+                &content_type,
+                &body,
+            )
+            .await
+        }
     };
     shared
         .state
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .log
-        .push((method.to_string(), path_and_query, response.status().as_u16()));
+        .push((
+            method.to_string(),
+            path_and_query,
+            response.status().as_u16(),
+        ));
     Ok(response)
 }
 
@@ -313,20 +416,31 @@ async fn route(
     content_type: &str,
     body: &Bytes,
 ) -> Response<Body> {
-    let (major, minor) = shared.state.lock().unwrap_or_else(|e| e.into_inner()).config.version;
+    let (major, minor) = shared
+        .state
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .config
+        .version;
     match path.trim_end_matches('/') {
         "/version" => {
-            return json_response(200, &json!({
-                "major": major.to_string(), "minor": minor.to_string(), "gitVersion": format!("v{major}.{minor}.0"),
-                "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
-                "buildDate": "2025-01-01T00:00:00Z", "goVersion": "go1.23.0", "compiler": "gc", "platform": "linux/amd64"
-            }))
+            return json_response(
+                200,
+                &json!({
+                    "major": major.to_string(), "minor": minor.to_string(), "gitVersion": format!("v{major}.{minor}.0"),
+                    "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
+                    "buildDate": "2025-01-01T00:00:00Z", "goVersion": "go1.23.0", "compiler": "gc", "platform": "linux/amd64"
+                }),
+            )
         }
         "/api" => {
-            return json_response(200, &json!({
-                "kind": "APIVersions", "versions": ["v1"],
-                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": shared.addr.to_string()}]
-            }))
+            return json_response(
+                200,
+                &json!({
+                    "kind": "APIVersions", "versions": ["v1"],
+                    "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": shared.addr.to_string()}]
+                }),
+            )
         }
         "/apis" => return json_response(200, &group_list()),
         "/api/v1" => return json_response(200, &resource_list("", "v1").unwrap_or_default()),
@@ -338,31 +452,59 @@ async fn route(
         if parts.len() == 2 {
             return match resource_list(parts[0], parts[1]) {
                 Some(list) => json_response(200, &list),
-                None => error_response(&ApiError::new(404, "NotFound", "the server could not find the requested resource")),
+                None => error_response(&ApiError::new(
+                    404,
+                    "NotFound",
+                    "the server could not find the requested resource",
+                )),
             };
         }
     }
     let Some(target) = parse_target(path) else {
-        return error_response(&ApiError::new(404, "NotFound", "the server could not find the requested resource"));
+        return error_response(&ApiError::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        ));
     };
     let parsed_body: Value = if body.is_empty() {
         Value::Null
     } else {
         match serde_json::from_slice(body) {
             Ok(v) => v,
-            Err(e) => return error_response(&ApiError::new(400, "BadRequest", format!("the request body is not JSON: {e}"))),
+            Err(e) => {
+                return error_response(&ApiError::new(
+                    400,
+                    "BadRequest",
+                    format!("the request body is not JSON: {e}"),
+                ))
+            }
         }
     };
     let ns = target.namespace.as_deref();
     let res = target.resource;
     let wants_table = accept.contains("as=Table");
-    let result = match (method, target.name.as_deref(), target.subresource.as_deref()) {
+    let result = match (
+        method,
+        target.name.as_deref(),
+        target.subresource.as_deref(),
+    ) {
         (&Method::GET, None, _) => {
-            let labels = match LabelQuery::parse(query.get("labelSelector").map(String::as_str).unwrap_or_default()) {
+            let labels = match LabelQuery::parse(
+                query
+                    .get("labelSelector")
+                    .map(String::as_str)
+                    .unwrap_or_default(),
+            ) {
                 Ok(l) => l,
                 Err(e) => return error_response(&ApiError::new(400, "BadRequest", e)),
             };
-            let fields = match FieldQuery::parse(query.get("fieldSelector").map(String::as_str).unwrap_or_default()) {
+            let fields = match FieldQuery::parse(
+                query
+                    .get("fieldSelector")
+                    .map(String::as_str)
+                    .unwrap_or_default(),
+            ) {
                 Ok(f) => f,
                 Err(e) => return error_response(&ApiError::new(400, "BadRequest", e)),
             };
@@ -371,35 +513,79 @@ async fn route(
             }
             let (items, rv) = {
                 let state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
-                (state.list(res, ns, &labels, &fields), state.resource_version())
+                (
+                    state.list(res, ns, &labels, &fields),
+                    state.resource_version(),
+                )
             };
             if wants_table {
                 Ok((200, table(res, &items, rv)))
             } else {
                 let r = &RESOURCES[res];
-                Ok((200, json!({"kind": format!("{}List", r.kind), "apiVersion": r.api_version(), "metadata": {"resourceVersion": rv.to_string()}, "items": items})))
+                Ok((
+                    200,
+                    json!({"kind": format!("{}List", r.kind), "apiVersion": r.api_version(), "metadata": {"resourceVersion": rv.to_string()}, "items": items}),
+                ))
             }
         }
-        (&Method::GET, Some(name), _) => shared.apply(|st, ch, _| st.get(res, ns, name, ch)).map(|o| {
-            if wants_table {
-                let rv = o["metadata"]["resourceVersion"].as_str().and_then(|v| v.parse().ok()).unwrap_or(0);
-                (200, table(res, &[o], rv))
-            } else {
-                (200, o)
-            }
-        }),
-        (&Method::POST, None, _) => shared.apply(|st, ch, _| st.create(res, ns, parsed_body.clone(), ch)).map(|o| (201, o)),
-        (&Method::POST, Some(name), Some("eviction")) if RESOURCES[res].plural == "pods" => shared
-            .apply(|st, ch, fu| st.evict(ns.unwrap_or_default(), name, &parsed_body, ch, fu))
+        (&Method::GET, Some(name), _) => {
+            shared
+                .apply(|st, ch, _| st.get(res, ns, name, ch))
+                .map(|o| {
+                    if wants_table {
+                        let rv = o["metadata"]["resourceVersion"]
+                            .as_str()
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(0);
+                        (200, table(res, &[o], rv))
+                    } else {
+                        (200, o)
+                    }
+                })
+        }
+        (&Method::POST, None, _) => shared
+            .apply(|st, ch, _| st.create(res, ns, parsed_body.clone(), ch))
             .map(|o| (201, o)),
-        (&Method::PUT, Some(name), _) => shared.apply(|st, ch, _| st.replace(res, ns, name, parsed_body.clone(), ch)).map(|o| (200, o)),
+        (&Method::POST, Some(name), Some("eviction")) if RESOURCES[res].plural == "pods" => {
+            let latency = {
+                let mut flight = shared
+                    .evictions_in_flight
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                flight.0 += 1;
+                flight.1 = flight.1.max(flight.0);
+                shared
+                    .state
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .config
+                    .eviction_latency
+            };
+            tokio::time::sleep(latency).await;
+            let result = shared
+                .apply(|st, ch, fu| st.evict(ns.unwrap_or_default(), name, &parsed_body, ch, fu))
+                .map(|o| (201, o));
+            shared
+                .evictions_in_flight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .0 -= 1;
+            result
+        }
+        (&Method::PUT, Some(name), _) => shared
+            .apply(|st, ch, _| st.replace(res, ns, name, parsed_body.clone(), ch))
+            .map(|o| (200, o)),
         (&Method::PATCH, Some(name), _) => shared
             .apply(|st, ch, _| st.patch(res, ns, name, content_type, &parsed_body, ch))
             .map(|o| (200, o)),
         (&Method::DELETE, Some(name), None) => shared
             .apply(|st, ch, fu| st.delete(res, ns, name, &parsed_body, ch, fu))
             .map(|o| (200, o)),
-        _ => Err(ApiError::new(405, "MethodNotAllowed", format!("{method} is not supported on {path}"))),
+        _ => Err(ApiError::new(
+            405,
+            "MethodNotAllowed",
+            format!("{method} is not supported on {path}"),
+        )),
     };
     match result {
         Ok((code, v)) => json_response(code, &v),
@@ -431,7 +617,8 @@ impl WatchState {
 }
 
 fn event_line(c: &Change) -> Bytes {
-    let mut line = serde_json::to_vec(&json!({"type": c.kind, "object": c.object})).unwrap_or_default();
+    let mut line =
+        serde_json::to_vec(&json!({"type": c.kind, "object": c.object})).unwrap_or_default();
     line.push(b'\n');
     Bytes::from(line)
 }
@@ -446,8 +633,14 @@ fn watch(
     fields: FieldQuery,
     query: &HashMap<String, String>,
 ) -> Response<Body> {
-    let from = query.get("resourceVersion").and_then(|v| v.parse::<u64>().ok()).filter(|v| *v > 0);
-    let timeout = query.get("timeoutSeconds").and_then(|v| v.parse::<u64>().ok()).unwrap_or(1800);
+    let from = query
+        .get("resourceVersion")
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|v| *v > 0);
+    let timeout = query
+        .get("timeoutSeconds")
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(1800);
     let (backlog, rx, after) = {
         let state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
         let rx = shared.changes.subscribe();
@@ -476,7 +669,11 @@ fn watch(
         fields,
         deadline: tokio::time::Instant::now() + std::time::Duration::from_secs(timeout),
     };
-    st.backlog = backlog.into_iter().filter(|c| st.wanted(c)).map(Arc::new).collect();
+    st.backlog = backlog
+        .into_iter()
+        .filter(|c| st.wanted(c))
+        .map(Arc::new)
+        .collect();
     let stream = futures::stream::unfold(st, |mut st| async move {
         loop {
             if let Some(c) = st.backlog.pop_front() {

@@ -13,7 +13,8 @@ impl Kubectl {
     pub(crate) fn new(url: &str) -> Self {
         static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("spotguard-kubectl-{}-{n}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("spotguard-kubectl-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("create kubeconfig directory");
         let kubeconfig = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {url}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: default\ncurrent-context: fake\nusers:\n- name: fake\n  user: {{}}\n"

@@ -73,13 +73,16 @@ impl FakeApiServer {
 
     /// Starts a server with these settings on a free port of 127.0.0.1.
     pub async fn start_with(config: FakeConfig) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1");
         let addr = listener.local_addr().expect("local address");
         let (changes, _) = broadcast::channel(65_536);
         let shared = Arc::new(Shared {
             state: Mutex::new(State::new(config)),
             changes,
             addr,
+            evictions_in_flight: Mutex::new((0, 0)),
         });
         let serving = shared.clone();
         let accept = tokio::spawn(async move {
@@ -90,12 +93,16 @@ impl FakeApiServer {
                 let shared = serving.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| http::handle(shared.clone(), req));
-                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
                 });
             }
         });
         let server = Self { shared, accept };
-        server.create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}}));
+        server.create(
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}}),
+        );
         server
     }
 
@@ -109,12 +116,17 @@ impl FakeApiServer {
         format!("http://{}", self.shared.addr)
     }
 
-    /// A real [`kube::Client`] talking to this server over HTTP.
-    pub fn client(&self) -> kube::Client {
+    /// A [`kube::Config`] for this server (kube's defaults otherwise, retry layer included).
+    pub fn config(&self) -> kube::Config {
         let mut config = kube::Config::new(self.url().parse().expect("valid url"));
         config.default_namespace = "default".into();
         config.read_timeout = None;
-        kube::Client::try_from(config).expect("kube client")
+        config
+    }
+
+    /// A real [`kube::Client`] talking to this server over HTTP.
+    pub fn client(&self) -> kube::Client {
+        kube::Client::try_from(self.config()).expect("kube client")
     }
 
     /// A `kubectl` runner pointed at this server through a generated kubeconfig.
@@ -125,7 +137,10 @@ impl FakeApiServer {
     /// Creates an object, choosing the resource from its `apiVersion` and `kind`. Panics on
     /// an unknown kind or an API error: it is for test setup.
     pub fn create(&self, object: Value) -> Value {
-        let api_version = object["apiVersion"].as_str().unwrap_or_default().to_string();
+        let api_version = object["apiVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let kind = object["kind"].as_str().unwrap_or_default().to_string();
         let resource = RESOURCES
             .iter()
@@ -153,11 +168,22 @@ impl FakeApiServer {
     pub fn list(&self, group: &str, plural: &str, namespace: Option<&str>) -> Vec<Value> {
         let resource = Self::resource(group, plural);
         let state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.list(resource, namespace, &Default::default(), &Default::default())
+        state.list(
+            resource,
+            namespace,
+            &Default::default(),
+            &Default::default(),
+        )
     }
 
     /// One object, if it exists.
-    pub fn get(&self, group: &str, plural: &str, namespace: Option<&str>, name: &str) -> Option<Value> {
+    pub fn get(
+        &self,
+        group: &str,
+        plural: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Option<Value> {
         self.list(group, plural, namespace)
             .into_iter()
             .find(|o| o["metadata"]["name"] == name)
@@ -172,9 +198,18 @@ impl FakeApiServer {
     }
 
     /// Modifies an object in place (bumping its resourceVersion), as another writer would.
-    pub fn modify(&self, group: &str, plural: &str, namespace: Option<&str>, name: &str, change: impl FnOnce(&mut Value)) {
+    pub fn modify(
+        &self,
+        group: &str,
+        plural: &str,
+        namespace: Option<&str>,
+        name: &str,
+        change: impl FnOnce(&mut Value),
+    ) {
         let resource = Self::resource(group, plural);
-        let mut object = self.get(group, plural, namespace, name).expect("object to modify exists");
+        let mut object = self
+            .get(group, plural, namespace, name)
+            .expect("object to modify exists");
         change(&mut object);
         if let Some(m) = object["metadata"].as_object_mut() {
             m.remove("resourceVersion");
@@ -196,14 +231,23 @@ impl FakeApiServer {
         change: impl Fn(&mut Value) + Send + Sync + 'static,
     ) {
         let resource = Self::resource(group, plural);
-        let namespace = if RESOURCES[resource].namespaced { namespace.unwrap_or_default() } else { "" };
-        self.shared.state.lock().unwrap_or_else(|e| e.into_inner()).interferences.push(Interference {
-            resource,
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-            remaining: times,
-            change: Arc::new(change),
-        });
+        let namespace = if RESOURCES[resource].namespaced {
+            namespace.unwrap_or_default()
+        } else {
+            ""
+        };
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .interferences
+            .push(Interference {
+                resource,
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                remaining: times,
+                change: Arc::new(change),
+            });
     }
 
     /// The next `times` requests whose path and query contain `fragment` are answered with
@@ -219,13 +263,31 @@ impl FakeApiServer {
 
     /// Every request served so far: method, path with query, status code.
     pub fn requests(&self) -> Vec<(String, String, u16)> {
-        self.shared.state.lock().unwrap_or_else(|e| e.into_inner()).log.clone()
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .log
+            .clone()
+    }
+
+    /// The most eviction requests the server was answering at the same time.
+    pub fn max_evictions_in_flight(&self) -> usize {
+        self.shared
+            .evictions_in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
     }
 
     /// Starts recording, per PDB (`namespace/name`), the lowest `currentHealthy` seen from now
     /// on.
     pub fn track_pdb_low_water(&self) {
-        self.shared.state.lock().unwrap_or_else(|e| e.into_inner()).low_water = Some(BTreeMap::new());
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .low_water = Some(BTreeMap::new());
     }
 
     /// The lowest `currentHealthy` of the PDB since [`FakeApiServer::track_pdb_low_water`].
@@ -249,7 +311,14 @@ impl FakeApiServer {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .map(|t| format!("{}={}:{}", t["key"].as_str().unwrap_or_default(), t["value"].as_str().unwrap_or_default(), t["effect"].as_str().unwrap_or_default()))
+                .map(|t| {
+                    format!(
+                        "{}={}:{}",
+                        t["key"].as_str().unwrap_or_default(),
+                        t["value"].as_str().unwrap_or_default(),
+                        t["effect"].as_str().unwrap_or_default()
+                    )
+                })
                 .collect();
             taints.sort();
             lines.push(format!(
@@ -263,8 +332,16 @@ impl FakeApiServer {
             let owner = p["metadata"]["ownerReferences"]
                 .as_array()
                 .and_then(|refs| refs.iter().find(|r| r["controller"] == json!(true)))
-                .map(|r| format!("{}/{}", r["kind"].as_str().unwrap_or_default(), r["name"].as_str().unwrap_or_default()))
-                .unwrap_or_else(|| format!("pod/{}", p["metadata"]["name"].as_str().unwrap_or_default()));
+                .map(|r| {
+                    format!(
+                        "{}/{}",
+                        r["kind"].as_str().unwrap_or_default(),
+                        r["name"].as_str().unwrap_or_default()
+                    )
+                })
+                .unwrap_or_else(|| {
+                    format!("pod/{}", p["metadata"]["name"].as_str().unwrap_or_default())
+                });
             lines.push(format!(
                 "pod {}/{} node={} phase={} terminating={}",
                 p["metadata"]["namespace"].as_str().unwrap_or_default(),

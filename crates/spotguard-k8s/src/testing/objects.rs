@@ -37,7 +37,12 @@ pub fn pdb_min_available(namespace: &str, name: &str, app: &str, min_available: 
 }
 
 /// A PodDisruptionBudget selecting `app=<app>` with `maxUnavailable`.
-pub fn pdb_max_unavailable(namespace: &str, name: &str, app: &str, max_unavailable: Value) -> Value {
+pub fn pdb_max_unavailable(
+    namespace: &str,
+    name: &str,
+    app: &str,
+    max_unavailable: Value,
+) -> Value {
     json!({
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
@@ -109,7 +114,8 @@ impl PodBuilder {
 
     /// Sets the container's requests.
     pub fn requests(mut self, cpu: &str, memory: &str) -> Self {
-        self.pod["spec"]["containers"][0]["resources"]["requests"] = json!({"cpu": cpu, "memory": memory});
+        self.pod["spec"]["containers"][0]["resources"]["requests"] =
+            json!({"cpu": cpu, "memory": memory});
         self
     }
 

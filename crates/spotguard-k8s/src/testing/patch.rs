@@ -51,7 +51,9 @@ pub fn strategic_merge(doc: &mut Value, patch: &Value) {
                     }
                 }
             }
-            (_, Value::Object(_), Some(target)) if target.is_object() => strategic_merge(target, value),
+            (_, Value::Object(_), Some(target)) if target.is_object() => {
+                strategic_merge(target, value)
+            }
             _ => {
                 let mut fresh = Value::Null;
                 strategic_merge_into_new(&mut fresh, value);
@@ -75,7 +77,8 @@ fn strategic_merge_into_new(target: &mut Value, value: &Value) {
 /// Applies a JSON patch. A failed operation is described the way the API server does, so a
 /// failed `test` reads `testing value <path> failed: test failed`.
 pub fn json_patch(doc: &mut Value, patch: &Value) -> Result<(), String> {
-    let ops: json_patch::Patch = serde_json::from_value(patch.clone()).map_err(|e| format!("invalid JSON patch: {e}"))?;
+    let ops: json_patch::Patch =
+        serde_json::from_value(patch.clone()).map_err(|e| format!("invalid JSON patch: {e}"))?;
     json_patch::patch(doc, &ops).map_err(|e| {
         let op = patch[e.operation]["op"].as_str().unwrap_or_default();
         if op == "test" {
@@ -104,7 +107,10 @@ mod tests {
     #[test]
     fn strategic_merge_merges_conditions_by_type() {
         let mut pod = json!({"status": {"conditions": [{"type": "Ready", "status": "False"}, {"type": "PodScheduled", "status": "True"}]}});
-        strategic_merge(&mut pod, &json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}}));
+        strategic_merge(
+            &mut pod,
+            &json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}}),
+        );
         assert_eq!(pod["status"]["conditions"].as_array().unwrap().len(), 2);
         assert_eq!(pod["status"]["conditions"][0]["status"], "True");
     }
@@ -112,7 +118,11 @@ mod tests {
     #[test]
     fn failed_test_reads_like_the_api_server() {
         let mut doc = json!({"metadata": {"resourceVersion": "5"}});
-        let err = json_patch(&mut doc, &json!([{"op": "test", "path": "/metadata/resourceVersion", "value": "4"}])).unwrap_err();
+        let err = json_patch(
+            &mut doc,
+            &json!([{"op": "test", "path": "/metadata/resourceVersion", "value": "4"}]),
+        )
+        .unwrap_err();
         assert!(err.contains("test failed"), "{err}");
     }
 }

@@ -33,12 +33,22 @@ fn split_terms(s: &str) -> Vec<&str> {
         }
     }
     terms.push(&s[start..]);
-    terms.into_iter().map(str::trim).filter(|t| !t.is_empty()).collect()
+    terms
+        .into_iter()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .collect()
 }
 
 fn set_values(s: &str) -> Option<Vec<String>> {
     let inner = s.trim().strip_prefix('(')?.strip_suffix(')')?;
-    Some(inner.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect())
+    Some(
+        inner
+            .split(',')
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+            .collect(),
+    )
 }
 
 impl LabelQuery {
@@ -55,10 +65,19 @@ impl LabelQuery {
             } else if let Some((k, v)) = term.split_once('=') {
                 LabelTerm::Equals(k.trim().into(), v.trim().into())
             } else if let Some((k, v)) = term.split_once(" notin ") {
-                LabelTerm::NotIn(k.trim().into(), set_values(v).ok_or_else(|| format!("bad set in {term:?}"))?)
+                LabelTerm::NotIn(
+                    k.trim().into(),
+                    set_values(v).ok_or_else(|| format!("bad set in {term:?}"))?,
+                )
             } else if let Some((k, v)) = term.split_once(" in ") {
-                LabelTerm::In(k.trim().into(), set_values(v).ok_or_else(|| format!("bad set in {term:?}"))?)
-            } else if term.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c)) {
+                LabelTerm::In(
+                    k.trim().into(),
+                    set_values(v).ok_or_else(|| format!("bad set in {term:?}"))?,
+                )
+            } else if term
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+            {
                 LabelTerm::Exists(term.to_string())
             } else {
                 return Err(format!("unable to parse requirement {term:?}"));
@@ -139,7 +158,12 @@ pub fn selector_matches(selector: &Value, object: &Value) -> bool {
     let expressions_ok = selector["matchExpressions"].as_array().is_none_or(|exprs| {
         exprs.iter().all(|e| {
             let key = e["key"].as_str().unwrap_or_default();
-            let values: Vec<&str> = e["values"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            let values: Vec<&str> = e["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
             match e["operator"].as_str().unwrap_or_default() {
                 "In" => get(key).is_some_and(|v| values.contains(&v)),
                 "NotIn" => get(key).is_none_or(|v| !values.contains(&v)),
@@ -179,8 +203,12 @@ mod tests {
     fn field_queries() {
         let o = json!({"metadata": {"name": "p"}, "spec": {"nodeName": "n1"}});
         assert!(FieldQuery::parse("spec.nodeName=n1").unwrap().matches(&o));
-        assert!(FieldQuery::parse("spec.nodeName==n1,metadata.name=p").unwrap().matches(&o));
+        assert!(FieldQuery::parse("spec.nodeName==n1,metadata.name=p")
+            .unwrap()
+            .matches(&o));
         assert!(!FieldQuery::parse("spec.nodeName!=n1").unwrap().matches(&o));
-        assert!(FieldQuery::parse("status.phase!=Failed").unwrap().matches(&o));
+        assert!(FieldQuery::parse("status.phase!=Failed")
+            .unwrap()
+            .matches(&o));
     }
 }

@@ -75,16 +75,88 @@ const fn res(
 pub static RESOURCES: &[Resource] = &[
     res("", "v1", "nodes", "node", "Node", false, &["no"]),
     res("", "v1", "pods", "pod", "Pod", true, &["po"]),
-    res("", "v1", "namespaces", "namespace", "Namespace", false, &["ns"]),
-    res("", "v1", "configmaps", "configmap", "ConfigMap", true, &["cm"]),
+    res(
+        "",
+        "v1",
+        "namespaces",
+        "namespace",
+        "Namespace",
+        false,
+        &["ns"],
+    ),
+    res(
+        "",
+        "v1",
+        "configmaps",
+        "configmap",
+        "ConfigMap",
+        true,
+        &["cm"],
+    ),
     res("", "v1", "events", "event", "Event", true, &["ev"]),
-    res("apps", "v1", "daemonsets", "daemonset", "DaemonSet", true, &["ds"]),
-    res("apps", "v1", "replicasets", "replicaset", "ReplicaSet", true, &["rs"]),
-    res("apps", "v1", "deployments", "deployment", "Deployment", true, &["deploy"]),
-    res("apps", "v1", "statefulsets", "statefulset", "StatefulSet", true, &["sts"]),
-    res("policy", "v1", "poddisruptionbudgets", "poddisruptionbudget", "PodDisruptionBudget", true, &["pdb"]),
-    res("coordination.k8s.io", "v1", "leases", "lease", "Lease", true, &[]),
-    res("events.k8s.io", "v1", "events", "event", "Event", true, &["ev"]),
+    res(
+        "apps",
+        "v1",
+        "daemonsets",
+        "daemonset",
+        "DaemonSet",
+        true,
+        &["ds"],
+    ),
+    res(
+        "apps",
+        "v1",
+        "replicasets",
+        "replicaset",
+        "ReplicaSet",
+        true,
+        &["rs"],
+    ),
+    res(
+        "apps",
+        "v1",
+        "deployments",
+        "deployment",
+        "Deployment",
+        true,
+        &["deploy"],
+    ),
+    res(
+        "apps",
+        "v1",
+        "statefulsets",
+        "statefulset",
+        "StatefulSet",
+        true,
+        &["sts"],
+    ),
+    res(
+        "policy",
+        "v1",
+        "poddisruptionbudgets",
+        "poddisruptionbudget",
+        "PodDisruptionBudget",
+        true,
+        &["pdb"],
+    ),
+    res(
+        "coordination.k8s.io",
+        "v1",
+        "leases",
+        "lease",
+        "Lease",
+        true,
+        &[],
+    ),
+    res(
+        "events.k8s.io",
+        "v1",
+        "events",
+        "event",
+        "Event",
+        true,
+        &["ev"],
+    ),
 ];
 
 /// Index of a resource in [`RESOURCES`].
@@ -92,7 +164,9 @@ pub type ResourceId = usize;
 
 /// The resource with this group and plural.
 pub fn find_resource(group: &str, plural: &str) -> Option<ResourceId> {
-    RESOURCES.iter().position(|r| r.group == group && r.plural == plural)
+    RESOURCES
+        .iter()
+        .position(|r| r.group == group && r.plural == plural)
 }
 
 fn id(group: &str, plural: &str) -> ResourceId {
@@ -123,13 +197,24 @@ impl ApiError {
     }
 
     fn not_found(r: &Resource, name: &str) -> Self {
-        let mut e = Self::new(404, "NotFound", format!("{} \"{name}\" not found", r.qualified()));
+        let mut e = Self::new(
+            404,
+            "NotFound",
+            format!("{} \"{name}\" not found", r.qualified()),
+        );
         e.details = Some(json!({"name": name, "group": r.group, "kind": r.plural}));
         e
     }
 
     fn conflict(r: &Resource, name: &str, why: &str) -> Self {
-        let mut e = Self::new(409, "Conflict", format!("Operation cannot be fulfilled on {} \"{name}\": {why}", r.qualified()));
+        let mut e = Self::new(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {} \"{name}\": {why}",
+                r.qualified()
+            ),
+        );
         e.details = Some(json!({"name": name, "group": r.group, "kind": r.plural}));
         e
     }
@@ -208,6 +293,8 @@ pub struct FakeConfig {
     pub replacement_ready_delay: Duration,
     /// The Kubernetes version `/version` reports (default `1.32`).
     pub version: (u32, u32),
+    /// How long the server takes to answer an eviction (default 0).
+    pub eviction_latency: Duration,
 }
 
 impl Default for FakeConfig {
@@ -217,6 +304,7 @@ impl Default for FakeConfig {
             replace_replicaset_pods: true,
             replacement_ready_delay: Duration::from_millis(100),
             version: (1, 32),
+            eviction_latency: Duration::ZERO,
         }
     }
 }
@@ -246,7 +334,10 @@ pub struct State {
 }
 
 fn now() -> String {
-    Timestamp::now().round(k8s_openapi::jiff::Unit::Second).unwrap_or_else(|_| Timestamp::now()).to_string()
+    Timestamp::now()
+        .round(k8s_openapi::jiff::Unit::Second)
+        .unwrap_or_else(|_| Timestamp::now())
+        .to_string()
 }
 
 fn ns_key(r: &Resource, namespace: Option<&str>) -> String {
@@ -265,13 +356,17 @@ fn is_true(v: &Value) -> bool {
 pub fn pod_healthy(pod: &Value) -> bool {
     pod["metadata"]["deletionTimestamp"].is_null()
         && pod["status"]["phase"] == "Running"
-        && pod["status"]["conditions"]
-            .as_array()
-            .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && is_true(&c["status"])))
+        && pod["status"]["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Ready" && is_true(&c["status"]))
+        })
 }
 
 fn pod_terminal(pod: &Value) -> bool {
-    matches!(pod["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+    matches!(
+        pod["status"]["phase"].as_str(),
+        Some("Succeeded" | "Failed")
+    )
 }
 
 fn controller_of(object: &Value) -> Option<&Value> {
@@ -316,7 +411,11 @@ impl State {
 
     fn next_uid(&mut self) -> String {
         self.uid_counter += 1;
-        format!("{:08x}-0000-4000-8000-{:012x}", self.uid_counter, self.uid_counter * 7919)
+        format!(
+            "{:08x}-0000-4000-8000-{:012x}",
+            self.uid_counter,
+            self.uid_counter * 7919
+        )
     }
 
     fn random_suffix(&mut self) -> String {
@@ -334,11 +433,23 @@ impl State {
     }
 
     /// Stores an object (new resourceVersion), records the change and returns it.
-    fn put(&mut self, resource: ResourceId, mut object: Value, kind: &'static str, changes: &mut Vec<Change>) -> Value {
+    fn put(
+        &mut self,
+        resource: ResourceId,
+        mut object: Value,
+        kind: &'static str,
+        changes: &mut Vec<Change>,
+    ) -> Value {
         self.rv += 1;
         object["metadata"]["resourceVersion"] = json!(self.rv.to_string());
-        let ns = object["metadata"]["namespace"].as_str().unwrap_or_default().to_string();
-        let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let ns = object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         self.objects.insert((resource, ns, name), object.clone());
         let change = Change {
             rv: self.rv,
@@ -351,8 +462,16 @@ impl State {
         object
     }
 
-    fn remove(&mut self, resource: ResourceId, ns: &str, name: &str, changes: &mut Vec<Change>) -> Option<Value> {
-        let mut object = self.objects.remove(&(resource, ns.to_string(), name.to_string()))?;
+    fn remove(
+        &mut self,
+        resource: ResourceId,
+        ns: &str,
+        name: &str,
+        changes: &mut Vec<Change>,
+    ) -> Option<Value> {
+        let mut object = self
+            .objects
+            .remove(&(resource, ns.to_string(), name.to_string()))?;
         self.rv += 1;
         object["metadata"]["resourceVersion"] = json!(self.rv.to_string());
         let change = Change {
@@ -367,7 +486,13 @@ impl State {
     }
 
     /// The stored object.
-    pub fn get(&mut self, resource: ResourceId, namespace: Option<&str>, name: &str, changes: &mut Vec<Change>) -> ApiResult {
+    pub fn get(
+        &mut self,
+        resource: ResourceId,
+        namespace: Option<&str>,
+        name: &str,
+        changes: &mut Vec<Change>,
+    ) -> ApiResult {
         let r = &RESOURCES[resource];
         let ns = ns_key(r, namespace);
         let found = self
@@ -376,11 +501,9 @@ impl State {
             .cloned()
             .ok_or_else(|| ApiError::not_found(r, name))?;
         // Another writer slips in right after this read, if a test asked for it.
-        if let Some(i) = self
-            .interferences
-            .iter()
-            .position(|f| f.resource == resource && f.namespace == ns && f.name == name && f.remaining > 0)
-        {
+        if let Some(i) = self.interferences.iter().position(|f| {
+            f.resource == resource && f.namespace == ns && f.name == name && f.remaining > 0
+        }) {
             self.interferences[i].remaining -= 1;
             let change = self.interferences[i].change.clone();
             let mut modified = found.clone();
@@ -415,10 +538,20 @@ impl State {
     }
 
     /// Creates an object.
-    pub fn create(&mut self, resource: ResourceId, namespace: Option<&str>, mut object: Value, changes: &mut Vec<Change>) -> ApiResult {
+    pub fn create(
+        &mut self,
+        resource: ResourceId,
+        namespace: Option<&str>,
+        mut object: Value,
+        changes: &mut Vec<Change>,
+    ) -> ApiResult {
         let r = &RESOURCES[resource];
         if !object.is_object() {
-            return Err(ApiError::new(400, "BadRequest", "the body is not an object"));
+            return Err(ApiError::new(
+                400,
+                "BadRequest",
+                "the body is not an object",
+            ));
         }
         if object["metadata"].is_null() {
             object["metadata"] = json!({});
@@ -433,8 +566,15 @@ impl State {
             },
         };
         let ns = ns_key(r, namespace.or(object["metadata"]["namespace"].as_str()));
-        if self.objects.contains_key(&(resource, ns.clone(), name.clone())) {
-            let mut e = ApiError::new(409, "AlreadyExists", format!("{} \"{name}\" already exists", r.qualified()));
+        if self
+            .objects
+            .contains_key(&(resource, ns.clone(), name.clone()))
+        {
+            let mut e = ApiError::new(
+                409,
+                "AlreadyExists",
+                format!("{} \"{name}\" already exists", r.qualified()),
+            );
             e.details = Some(json!({"name": name, "group": r.group, "kind": r.plural}));
             return Err(e);
         }
@@ -456,23 +596,53 @@ impl State {
     }
 
     fn current(&self, resource: ResourceId, ns: &str, name: &str) -> Option<Value> {
-        self.objects.get(&(resource, ns.to_string(), name.to_string())).cloned()
+        self.objects
+            .get(&(resource, ns.to_string(), name.to_string()))
+            .cloned()
     }
 
     /// Stores `updated` in place of the current object, keeping what clients cannot change
     /// and checking the resourceVersion it carries, if any.
-    fn update(&mut self, resource: ResourceId, ns: &str, name: &str, mut updated: Value, changes: &mut Vec<Change>) -> ApiResult {
+    fn update(
+        &mut self,
+        resource: ResourceId,
+        ns: &str,
+        name: &str,
+        mut updated: Value,
+        changes: &mut Vec<Change>,
+    ) -> ApiResult {
         let r = &RESOURCES[resource];
-        let current = self.current(resource, ns, name).ok_or_else(|| ApiError::not_found(r, name))?;
-        let sent = updated["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_string();
-        if !sent.is_empty() && sent != current["metadata"]["resourceVersion"].as_str().unwrap_or_default() {
+        let current = self
+            .current(resource, ns, name)
+            .ok_or_else(|| ApiError::not_found(r, name))?;
+        let sent = updated["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if !sent.is_empty()
+            && sent
+                != current["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or_default()
+        {
             return Err(ApiError::conflict(r, name, "the object has been modified; please apply your changes to the latest version and try again"));
         }
         if !updated.is_object() || !updated["metadata"].is_object() {
-            return Err(ApiError::new(400, "BadRequest", "the body is not an object with metadata"));
+            return Err(ApiError::new(
+                400,
+                "BadRequest",
+                "the body is not an object with metadata",
+            ));
         }
         updated["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
-        for field in ["uid", "creationTimestamp", "name", "namespace", "deletionTimestamp", "deletionGracePeriodSeconds"] {
+        for field in [
+            "uid",
+            "creationTimestamp",
+            "name",
+            "namespace",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+        ] {
             match current["metadata"].get(field) {
                 Some(v) => updated["metadata"][field] = v.clone(),
                 None => {
@@ -485,7 +655,11 @@ impl State {
         updated["apiVersion"] = json!(r.api_version());
         updated["kind"] = json!(r.kind);
         let generation = current["metadata"]["generation"].as_i64().unwrap_or(1);
-        updated["metadata"]["generation"] = json!(if updated["spec"] != current["spec"] { generation + 1 } else { generation });
+        updated["metadata"]["generation"] = json!(if updated["spec"] != current["spec"] {
+            generation + 1
+        } else {
+            generation
+        });
         if updated == current {
             return Ok(current);
         }
@@ -495,7 +669,14 @@ impl State {
     }
 
     /// Replaces an object (PUT).
-    pub fn replace(&mut self, resource: ResourceId, namespace: Option<&str>, name: &str, object: Value, changes: &mut Vec<Change>) -> ApiResult {
+    pub fn replace(
+        &mut self,
+        resource: ResourceId,
+        namespace: Option<&str>,
+        name: &str,
+        object: Value,
+        changes: &mut Vec<Change>,
+    ) -> ApiResult {
         let ns = ns_key(&RESOURCES[resource], namespace);
         self.update(resource, &ns, name, object, changes)
     }
@@ -512,7 +693,9 @@ impl State {
     ) -> ApiResult {
         let r = &RESOURCES[resource];
         let ns = ns_key(r, namespace);
-        let mut object = self.current(resource, &ns, name).ok_or_else(|| ApiError::not_found(r, name))?;
+        let mut object = self
+            .current(resource, &ns, name)
+            .ok_or_else(|| ApiError::not_found(r, name))?;
         let before_rv = object["metadata"]["resourceVersion"].clone();
         match content_type.split(';').next().unwrap_or_default().trim() {
             "application/merge-patch+json" => json_patch::merge(&mut object, body),
@@ -543,7 +726,9 @@ impl State {
     ) -> ApiResult {
         let r = &RESOURCES[resource];
         let ns = ns_key(r, namespace);
-        let current = self.current(resource, &ns, name).ok_or_else(|| ApiError::not_found(r, name))?;
+        let current = self
+            .current(resource, &ns, name)
+            .ok_or_else(|| ApiError::not_found(r, name))?;
         if let Some(uid) = options["preconditions"]["uid"].as_str() {
             let actual = current["metadata"]["uid"].as_str().unwrap_or_default();
             if uid != actual {
@@ -551,14 +736,27 @@ impl State {
             }
         }
         if resource == id("", "pods") {
-            return Ok(self.delete_pod(&ns, name, options["gracePeriodSeconds"].as_i64(), changes, followups));
+            return Ok(self.delete_pod(
+                &ns,
+                name,
+                options["gracePeriodSeconds"].as_i64(),
+                changes,
+                followups,
+            ));
         }
         let removed = self.remove(resource, &ns, name, changes).unwrap_or(current);
         self.after_change(resource, changes);
         Ok(removed)
     }
 
-    fn delete_pod(&mut self, ns: &str, name: &str, grace: Option<i64>, changes: &mut Vec<Change>, followups: &mut Vec<Followup>) -> Value {
+    fn delete_pod(
+        &mut self,
+        ns: &str,
+        name: &str,
+        grace: Option<i64>,
+        changes: &mut Vec<Change>,
+        followups: &mut Vec<Followup>,
+    ) -> Value {
         let pods = id("", "pods");
         let Some(mut pod) = self.current(pods, ns, name) else {
             return Value::Null;
@@ -566,7 +764,12 @@ impl State {
         let mut grace = grace
             .or_else(|| pod["spec"]["terminationGracePeriodSeconds"].as_i64())
             .unwrap_or(30);
-        if pod["spec"]["nodeName"].as_str().unwrap_or_default().is_empty() || pod_terminal(&pod) {
+        if pod["spec"]["nodeName"]
+            .as_str()
+            .unwrap_or_default()
+            .is_empty()
+            || pod_terminal(&pod)
+        {
             grace = 0;
         }
         let already_terminating = !pod["metadata"]["deletionTimestamp"].is_null();
@@ -587,7 +790,10 @@ impl State {
         followups.push(Followup::RemovePod {
             namespace: ns.to_string(),
             name: name.to_string(),
-            uid: stored["metadata"]["uid"].as_str().unwrap_or_default().to_string(),
+            uid: stored["metadata"]["uid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
             after: self.config.termination_delay,
         });
         self.replace_controlled_pod(&stored, changes, followups);
@@ -596,9 +802,18 @@ impl State {
     }
 
     /// Removes a terminating pod whose grace has passed (only the same incarnation).
-    pub fn finish_termination(&mut self, ns: &str, name: &str, uid: &str, changes: &mut Vec<Change>) {
+    pub fn finish_termination(
+        &mut self,
+        ns: &str,
+        name: &str,
+        uid: &str,
+        changes: &mut Vec<Change>,
+    ) {
         let pods = id("", "pods");
-        if self.current(pods, ns, name).is_some_and(|p| p["metadata"]["uid"] == uid) {
+        if self
+            .current(pods, ns, name)
+            .is_some_and(|p| p["metadata"]["uid"] == uid)
+        {
             self.remove(pods, ns, name, changes);
             self.after_change(pods, changes);
         }
@@ -625,7 +840,12 @@ impl State {
 
     /// The ReplicaSet controller: a terminating pod of a ReplicaSet is replaced at once by a
     /// new pod, scheduled on the least busy node that admits it.
-    fn replace_controlled_pod(&mut self, old: &Value, changes: &mut Vec<Change>, followups: &mut Vec<Followup>) {
+    fn replace_controlled_pod(
+        &mut self,
+        old: &Value,
+        changes: &mut Vec<Change>,
+        followups: &mut Vec<Followup>,
+    ) {
         if !self.config.replace_replicaset_pods {
             return;
         }
@@ -636,8 +856,15 @@ impl State {
             return;
         }
         let pods = id("", "pods");
-        let ns = old["metadata"]["namespace"].as_str().unwrap_or_default().to_string();
-        let name = format!("{}-{}", owner["name"].as_str().unwrap_or("pod"), self.random_suffix());
+        let ns = old["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let name = format!(
+            "{}-{}",
+            owner["name"].as_str().unwrap_or("pod"),
+            self.random_suffix()
+        );
         let mut pod = json!({
             "apiVersion": "v1",
             "kind": "Pod",
@@ -667,7 +894,10 @@ impl State {
             followups.push(Followup::MakeReady {
                 namespace: ns,
                 name,
-                uid: stored["metadata"]["uid"].as_str().unwrap_or_default().to_string(),
+                uid: stored["metadata"]["uid"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
                 after: self.config.replacement_ready_delay,
             });
         }
@@ -686,29 +916,40 @@ impl State {
                 }
             }
         }
-        let tolerations = pod["spec"]["tolerations"].as_array().cloned().unwrap_or_default();
+        let tolerations = pod["spec"]["tolerations"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         let tolerates = |taint: &Value| {
             tolerations.iter().any(|t| {
-                let effect_ok = t["effect"].as_str().is_none_or(|e| e.is_empty() || Some(e) == taint["effect"].as_str());
+                let effect_ok = t["effect"]
+                    .as_str()
+                    .is_none_or(|e| e.is_empty() || Some(e) == taint["effect"].as_str());
                 let key_ok = match t["key"].as_str().filter(|k| !k.is_empty()) {
                     None => t["operator"] == "Exists",
                     Some(k) => {
                         Some(k) == taint["key"].as_str()
-                            && (t["operator"] == "Exists" || t["value"].as_str().unwrap_or_default() == taint["value"].as_str().unwrap_or_default())
+                            && (t["operator"] == "Exists"
+                                || t["value"].as_str().unwrap_or_default()
+                                    == taint["value"].as_str().unwrap_or_default())
                     }
                 };
                 effect_ok && key_ok
             })
         };
-        let selector = pod["spec"]["nodeSelector"].as_object().cloned().unwrap_or_default();
+        let selector = pod["spec"]["nodeSelector"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
         self.objects
             .iter()
             .filter(|((r, _, _), _)| *r == nodes)
             .map(|(_, n)| n)
             .filter(|n| {
-                let ready = n["status"]["conditions"]
-                    .as_array()
-                    .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && is_true(&c["status"])));
+                let ready = n["status"]["conditions"].as_array().is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c["type"] == "Ready" && is_true(&c["status"]))
+                });
                 let schedulable = n["spec"]["unschedulable"] != json!(true);
                 let taints_ok = n["spec"]["taints"]
                     .as_array()
@@ -716,7 +957,9 @@ impl State {
                     .flatten()
                     .filter(|t| t["effect"] != "PreferNoSchedule")
                     .all(&tolerates);
-                let labels_ok = selector.iter().all(|(k, v)| n["metadata"]["labels"][k] == *v);
+                let labels_ok = selector
+                    .iter()
+                    .all(|(k, v)| n["metadata"]["labels"][k] == *v);
                 ready && schedulable && taints_ok && labels_ok
             })
             .filter_map(|n| n["metadata"]["name"].as_str().map(str::to_string))
@@ -741,10 +984,15 @@ impl State {
         let matching: Vec<&Value> = self
             .objects
             .iter()
-            .filter(|((r, pns, _), p)| *r == pods && pns == ns && !pod_terminal(p) && selector_matches(selector, p))
+            .filter(|((r, pns, _), p)| {
+                *r == pods && pns == ns && !pod_terminal(p) && selector_matches(selector, p)
+            })
             .map(|(_, p)| p)
             .collect();
-        let expected = matching.iter().filter(|p| p["metadata"]["deletionTimestamp"].is_null()).count() as i64;
+        let expected = matching
+            .iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .count() as i64;
         let healthy = matching.iter().filter(|p| pod_healthy(p)).count() as i64;
         let spec = &pdb["spec"];
         let desired = if !spec["minAvailable"].is_null() {
@@ -759,7 +1007,12 @@ impl State {
 
     fn refresh_pdbs(&mut self, changes: &mut Vec<Change>) {
         let pdbs = id("policy", "poddisruptionbudgets");
-        let keys: Vec<_> = self.objects.keys().filter(|(r, _, _)| *r == pdbs).cloned().collect();
+        let keys: Vec<_> = self
+            .objects
+            .keys()
+            .filter(|(r, _, _)| *r == pdbs)
+            .cloned()
+            .collect();
         for key in keys {
             let pdb = self.objects[&key].clone();
             let (healthy, desired, expected) = self.pdb_counts(&pdb);
@@ -783,9 +1036,15 @@ impl State {
                     "observedGeneration": pdb["metadata"]["generation"].clone(),
                 }],
             });
-            let same = ["disruptionsAllowed", "currentHealthy", "desiredHealthy", "expectedPods", "observedGeneration"]
-                .iter()
-                .all(|f| pdb["status"][f] == status[f]);
+            let same = [
+                "disruptionsAllowed",
+                "currentHealthy",
+                "desiredHealthy",
+                "expectedPods",
+                "observedGeneration",
+            ]
+            .iter()
+            .all(|f| pdb["status"][f] == status[f]);
             if !same {
                 let mut updated = pdb;
                 updated["status"] = status;
@@ -795,7 +1054,14 @@ impl State {
     }
 
     /// The Eviction subresource: PDB check, then graceful deletion.
-    pub fn evict(&mut self, ns: &str, name: &str, eviction: &Value, changes: &mut Vec<Change>, followups: &mut Vec<Followup>) -> ApiResult {
+    pub fn evict(
+        &mut self,
+        ns: &str,
+        name: &str,
+        eviction: &Value,
+        changes: &mut Vec<Change>,
+        followups: &mut Vec<Followup>,
+    ) -> ApiResult {
         let pods = id("", "pods");
         let pdbs = id("policy", "poddisruptionbudgets");
         let pod = self
@@ -810,12 +1076,18 @@ impl State {
         }
         let success = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201});
         let phase = pod["status"]["phase"].as_str().unwrap_or_default();
-        let ignores_budgets = matches!(phase, "Succeeded" | "Failed" | "Pending") || !pod["metadata"]["deletionTimestamp"].is_null();
+        let ignores_budgets = matches!(phase, "Succeeded" | "Failed" | "Pending")
+            || !pod["metadata"]["deletionTimestamp"].is_null();
         if !ignores_budgets {
             let covering: Vec<Value> = self
                 .objects
                 .iter()
-                .filter(|((r, pns, _), pdb)| *r == pdbs && pns == ns && !pdb["spec"]["selector"].is_null() && selector_matches(&pdb["spec"]["selector"], &pod))
+                .filter(|((r, pns, _), pdb)| {
+                    *r == pdbs
+                        && pns == ns
+                        && !pdb["spec"]["selector"].is_null()
+                        && selector_matches(&pdb["spec"]["selector"], &pod)
+                })
                 .map(|(_, pdb)| pdb.clone())
                 .collect();
             if covering.len() > 1 {
@@ -831,7 +1103,11 @@ impl State {
                     always || healthy >= desired
                 };
                 if !permitted {
-                    let mut e = ApiError::new(429, "TooManyRequests", "Cannot evict pod as it would violate the pod's disruption budget.");
+                    let mut e = ApiError::new(
+                        429,
+                        "TooManyRequests",
+                        "Cannot evict pod as it would violate the pod's disruption budget.",
+                    );
                     e.details = Some(json!({
                         "causes": [{
                             "reason": "DisruptionBudget",
@@ -845,7 +1121,13 @@ impl State {
                 }
             }
         }
-        self.delete_pod(ns, name, options["gracePeriodSeconds"].as_i64(), changes, followups);
+        self.delete_pod(
+            ns,
+            name,
+            options["gracePeriodSeconds"].as_i64(),
+            changes,
+            followups,
+        );
         Ok(success)
     }
 }
