@@ -22,7 +22,7 @@
 //!
 //! ## Test support
 //!
-//! With the `test-util` feature, [`testing`] provides a stateful Kubernetes API server fake
+//! With the `test-util` feature, the `testing` module provides a stateful Kubernetes API server fake
 //! over real HTTP that both [`kube::Client`] and the real `kubectl` talk to. Existing fakes
 //! were evaluated first and none fit:
 //!

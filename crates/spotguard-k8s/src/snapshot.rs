@@ -613,26 +613,33 @@ mod tests {
     fn capacity_labels_in_order() {
         let labels = CapacityLabels::default();
         let l = |k: &str, v: &str| BTreeMap::from([(k.to_string(), v.to_string())]);
-        assert_eq!(
-            labels.capacity_type(&l("eks.amazonaws.com/capacityType", "SPOT")),
-            CapacityType::Spot
-        );
-        assert_eq!(
-            labels.capacity_type(&l("karpenter.sh/capacity-type", "on-demand")),
-            CapacityType::OnDemand
-        );
-        assert_eq!(
-            labels.capacity_type(&l("node.kubernetes.io/lifecycle", "normal")),
-            CapacityType::OnDemand
-        );
-        assert_eq!(
-            labels.capacity_type(&l("node.kubernetes.io/lifecycle", "spot")),
-            CapacityType::Spot
-        );
-        assert_eq!(
-            labels.capacity_type(&l("other", "spot")),
-            CapacityType::Unknown
-        );
+        for (key, value, expected) in [
+            ("eks.amazonaws.com/capacityType", "SPOT", CapacityType::Spot),
+            (
+                "eks.amazonaws.com/capacityType",
+                "ON_DEMAND",
+                CapacityType::OnDemand,
+            ),
+            (
+                "karpenter.sh/capacity-type",
+                "on-demand",
+                CapacityType::OnDemand,
+            ),
+            ("karpenter.sh/capacity-type", "spot", CapacityType::Spot),
+            (
+                "node.kubernetes.io/lifecycle",
+                "normal",
+                CapacityType::OnDemand,
+            ),
+            ("node.kubernetes.io/lifecycle", "spot", CapacityType::Spot),
+            ("other", "spot", CapacityType::Unknown),
+        ] {
+            assert_eq!(
+                labels.capacity_type(&l(key, value)),
+                expected,
+                "{key}={value}"
+            );
+        }
         let custom = CapacityLabels(vec![CapacityLabel::new("pool", &["cheap"], &["steady"])]);
         assert_eq!(
             custom.capacity_type(&l("pool", "cheap")),

@@ -62,24 +62,15 @@ async fn publish_warnings_and_fold_repeats() {
     let fake = FakeApiServer::start().await;
     fake.create(node("n1", "i-1", "SPOT"));
     let events = NodeEvents::new(fake.client(), "spotguard", Some("spotguard-0".into()));
-    events
-        .publish(
+    for _ in 0..2 {
+        let published = events.publish(
             "n1",
             "SpotGuardNoCapacity",
             "on-demand fallback failed",
             true,
-        )
-        .await
-        .unwrap();
-    events
-        .publish(
-            "n1",
-            "SpotGuardNoCapacity",
-            "on-demand fallback failed",
-            true,
-        )
-        .await
-        .unwrap();
+        );
+        published.await.unwrap();
+    }
     let stored = fake.list("events.k8s.io", "events", Some("default"));
     assert_eq!(stored.len(), 1, "the repeat became a series: {stored:?}");
     assert_eq!(stored[0]["type"], "Warning");

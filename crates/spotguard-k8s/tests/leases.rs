@@ -21,6 +21,16 @@ fn lock_config(identity: &str) -> LeaseLockConfig {
     }
 }
 
+fn scale_lease(fake: &FakeApiServer) -> serde_json::Value {
+    let lease = fake.get(
+        "coordination.k8s.io",
+        "leases",
+        Some("default"),
+        "spotguard-scale-web-spot",
+    );
+    lease.expect("the group's Lease exists")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_lock_is_exclusive_across_processes() {
     let fake = FakeApiServer::start().await;
@@ -67,14 +77,7 @@ async fn scale_lock_is_exclusive_across_processes() {
         10,
         "no lost update: N handlers raise by exactly N"
     );
-    let lease = fake
-        .get(
-            "coordination.k8s.io",
-            "leases",
-            Some("default"),
-            "spotguard-scale-web-spot",
-        )
-        .unwrap();
+    let lease = scale_lease(&fake);
     assert!(
         lease["spec"]["holderIdentity"].is_null(),
         "released at the end: {lease}"
@@ -108,14 +111,7 @@ async fn a_crashed_scale_lock_holder_is_taken_over_after_expiry() {
         "waited for the 2s lease to expire: {waited:?}"
     );
     assert!(waited < Duration::from_secs(6), "{waited:?}");
-    let lease = fake
-        .get(
-            "coordination.k8s.io",
-            "leases",
-            Some("default"),
-            "spotguard-scale-web-spot",
-        )
-        .unwrap();
+    let lease = scale_lease(&fake);
     assert_eq!(lease["spec"]["holderIdentity"], "survivor");
     assert_eq!(lease["spec"]["leaseTransitions"], 1);
     survivor.release("web-spot").await.unwrap();

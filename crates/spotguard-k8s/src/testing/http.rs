@@ -14,7 +14,9 @@ use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
 use super::selector::{FieldQuery, LabelQuery};
-use super::store::{find_resource, ApiError, Change, Followup, ResourceId, State, RESOURCES};
+use super::store::{
+    find_resource, ApiError, Change, Followup, PodStep, ResourceId, State, RESOURCES,
+};
 
 /// Response body: whole or streamed.
 pub type Body = BoxBody<Bytes, Infallible>;
@@ -54,26 +56,18 @@ impl Shared {
     fn schedule(self: &Arc<Self>, followup: Followup) {
         let shared = self.clone();
         tokio::spawn(async move {
-            match followup {
-                Followup::RemovePod {
-                    namespace,
-                    name,
-                    uid,
-                    after,
-                } => {
-                    tokio::time::sleep(after).await;
-                    shared.apply(|st, ch, _| st.finish_termination(&namespace, &name, &uid, ch));
-                }
-                Followup::MakeReady {
-                    namespace,
-                    name,
-                    uid,
-                    after,
-                } => {
-                    tokio::time::sleep(after).await;
-                    shared.apply(|st, ch, _| st.make_ready(&namespace, &name, &uid, ch));
-                }
-            }
+            tokio::time::sleep(followup.after).await;
+            let Followup {
+                step,
+                namespace,
+                name,
+                uid,
+                ..
+            } = followup;
+            shared.apply(|st, ch, _| match step {
+                PodStep::Remove => st.finish_termination(&namespace, &name, &uid, ch),
+                PodStep::MakeReady => st.make_ready(&namespace, &name, &uid, ch),
+            });
         });
     }
 }
@@ -189,85 +183,97 @@ fn condition(object: &Value, kind: &str) -> bool {
     })
 }
 
+fn columns(plural: &str) -> Vec<Value> {
+    let column = |name: &str, priority: u8| json!({"name": name, "type": "string", "format": if name == "Name" { "name" } else { "" }, "description": "", "priority": priority});
+    match plural {
+        "nodes" => vec![
+            column("Name", 0),
+            column("Status", 0),
+            column("Roles", 0),
+            column("Age", 0),
+            column("Version", 0),
+        ],
+        "pods" => vec![
+            column("Name", 0),
+            column("Ready", 0),
+            column("Status", 0),
+            column("Restarts", 0),
+            column("Age", 0),
+            column("Node", 1),
+        ],
+        _ => vec![column("Name", 0), column("Age", 0)],
+    }
+}
+
+fn cells(plural: &str, o: &Value) -> Vec<Value> {
+    match plural {
+        "nodes" => {
+            let mut status = if condition(o, "Ready") {
+                "Ready".to_string()
+            } else {
+                "NotReady".to_string()
+            };
+            if o["spec"]["unschedulable"] == json!(true) {
+                status.push_str(",SchedulingDisabled");
+            }
+            vec![
+                o["metadata"]["name"].clone(),
+                json!(status),
+                json!("<none>"),
+                json!(age(o)),
+                json!("v1.32.0"),
+            ]
+        }
+        "pods" => {
+            let containers = o["spec"]["containers"]
+                .as_array()
+                .map(Vec::len)
+                .unwrap_or(0);
+            let ready = if condition(o, "Ready") { containers } else { 0 };
+            let status = if o["metadata"]["deletionTimestamp"].is_null() {
+                o["status"]["phase"]
+                    .as_str()
+                    .unwrap_or("Unknown")
+                    .to_string()
+            } else {
+                "Terminating".to_string()
+            };
+            vec![
+                o["metadata"]["name"].clone(),
+                json!(format!("{ready}/{containers}")),
+                json!(status),
+                json!("0"),
+                json!(age(o)),
+                json!(o["spec"]["nodeName"].as_str().unwrap_or("<none>")),
+            ]
+        }
+        _ => vec![o["metadata"]["name"].clone(), json!(age(o))],
+    }
+}
+
 /// A `meta.k8s.io/v1` Table, which `kubectl get` asks for.
 fn table(resource: ResourceId, items: &[Value], rv: u64) -> Value {
-    let r = &RESOURCES[resource];
-    let column = |name: &str, priority: u8| json!({"name": name, "type": "string", "format": if name == "Name" { "name" } else { "" }, "description": "", "priority": priority});
-    let (columns, cells): (Vec<Value>, Box<dyn Fn(&Value) -> Vec<Value>>) = match r.plural {
-        "nodes" => (
-            vec![
-                column("Name", 0),
-                column("Status", 0),
-                column("Roles", 0),
-                column("Age", 0),
-                column("Version", 0),
-            ],
-            Box::new(|n: &Value| {
-                let mut status = if condition(n, "Ready") {
-                    "Ready".to_string()
-                } else {
-                    "NotReady".to_string()
-                };
-                if n["spec"]["unschedulable"] == json!(true) {
-                    status.push_str(",SchedulingDisabled");
-                }
-                vec![
-                    n["metadata"]["name"].clone(),
-                    json!(status),
-                    json!("<none>"),
-                    json!(age(n)),
-                    json!("v1.32.0"),
-                ]
-            }),
-        ),
-        "pods" => (
-            vec![
-                column("Name", 0),
-                column("Ready", 0),
-                column("Status", 0),
-                column("Restarts", 0),
-                column("Age", 0),
-                column("Node", 1),
-            ],
-            Box::new(|p: &Value| {
-                let containers = p["spec"]["containers"]
-                    .as_array()
-                    .map(Vec::len)
-                    .unwrap_or(0);
-                let ready = if condition(p, "Ready") { containers } else { 0 };
-                let status = if p["metadata"]["deletionTimestamp"].is_null() {
-                    p["status"]["phase"]
-                        .as_str()
-                        .unwrap_or("Unknown")
-                        .to_string()
-                } else {
-                    "Terminating".to_string()
-                };
-                vec![
-                    p["metadata"]["name"].clone(),
-                    json!(format!("{ready}/{containers}")),
-                    json!(status),
-                    json!("0"),
-                    json!(age(p)),
-                    json!(p["spec"]["nodeName"].as_str().unwrap_or("<none>")),
-                ]
-            }),
-        ),
-        _ => (
-            vec![column("Name", 0), column("Age", 0)],
-            Box::new(|o: &Value| vec![o["metadata"]["name"].clone(), json!(age(o))]),
-        ),
-    };
+    let plural = RESOURCES[resource].plural;
     let rows: Vec<Value> = items
         .iter()
         .map(|o| {
             json!({
-                "cells": cells(o),
+                "cells": cells(plural, o),
                 "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"].clone()},
             })
         })
         .collect();
-    json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": rv.to_string()}, "columnDefinitions": columns, "rows": rows})
+    json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": rv.to_string()}, "columnDefinitions": columns(plural), "rows": rows})
+}
+
+/// The `labelSelector` and `fieldSelector` of a list or watch.
+fn selectors(query: &HashMap<String, String>) -> Result<(LabelQuery, FieldQuery), ApiError> {
+    let get = |key: &str| query.get(key).map(String::as_str).unwrap_or_default();
+    let bad = |e: String| ApiError::new(400, "BadRequest", e);
+    Ok((
+        LabelQuery::parse(get("labelSelector")).map_err(bad)?,
+        FieldQuery::parse(get("fieldSelector")).map_err(bad)?,
+    ))
 }
 
 /// A parsed resource path.
@@ -490,23 +496,9 @@ async fn route(
         target.subresource.as_deref(),
     ) {
         (&Method::GET, None, _) => {
-            let labels = match LabelQuery::parse(
-                query
-                    .get("labelSelector")
-                    .map(String::as_str)
-                    .unwrap_or_default(),
-            ) {
-                Ok(l) => l,
-                Err(e) => return error_response(&ApiError::new(400, "BadRequest", e)),
-            };
-            let fields = match FieldQuery::parse(
-                query
-                    .get("fieldSelector")
-                    .map(String::as_str)
-                    .unwrap_or_default(),
-            ) {
-                Ok(f) => f,
-                Err(e) => return error_response(&ApiError::new(400, "BadRequest", e)),
+            let (labels, fields) = match selectors(query) {
+                Ok(parsed) => parsed,
+                Err(e) => return error_response(&e),
             };
             if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) {
                 return watch(shared, res, target.namespace, labels, fields, query);

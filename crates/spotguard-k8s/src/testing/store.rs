@@ -253,31 +253,29 @@ pub struct Change {
     pub object: Value,
 }
 
-/// Work the server does later, outside the lock.
+/// What the kubelet or a controller does to a pod later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodStep {
+    /// Remove a terminating pod (its containers stopped).
+    Remove,
+    /// Mark a replacement pod Running and Ready.
+    MakeReady,
+}
+
+/// Work the server does later, outside the lock: a step on one pod incarnation (by UID, so a
+/// same-named successor is left alone), after a delay.
 #[derive(Debug, Clone)]
-pub enum Followup {
-    /// Remove a terminating pod (the kubelet finished) after the delay.
-    RemovePod {
-        /// Namespace.
-        namespace: String,
-        /// Name.
-        name: String,
-        /// UID, so a same-named successor is left alone.
-        uid: String,
-        /// Delay.
-        after: Duration,
-    },
-    /// Mark a replacement pod Running and Ready after the delay.
-    MakeReady {
-        /// Namespace.
-        namespace: String,
-        /// Name.
-        name: String,
-        /// UID.
-        uid: String,
-        /// Delay.
-        after: Duration,
-    },
+pub struct Followup {
+    /// The step.
+    pub step: PodStep,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// UID.
+    pub uid: String,
+    /// Delay.
+    pub after: Duration,
 }
 
 /// How the fake behaves.
@@ -787,7 +785,8 @@ impl State {
         pod["metadata"]["deletionTimestamp"] = json!(now());
         pod["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
         let stored = self.put(pods, pod, "MODIFIED", changes);
-        followups.push(Followup::RemovePod {
+        followups.push(Followup {
+            step: PodStep::Remove,
             namespace: ns.to_string(),
             name: name.to_string(),
             uid: stored["metadata"]["uid"]
@@ -891,7 +890,8 @@ impl State {
         pod["metadata"]["generation"] = json!(1);
         let stored = self.put(pods, pod, "ADDED", changes);
         if node.is_some() {
-            followups.push(Followup::MakeReady {
+            followups.push(Followup {
+                step: PodStep::MakeReady,
                 namespace: ns,
                 name,
                 uid: stored["metadata"]["uid"]
