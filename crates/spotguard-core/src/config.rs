@@ -262,13 +262,21 @@ impl Config {
     pub fn validate(&self) -> Result<Vec<ConfigWarning>, ConfigError> {
         let mut warnings = Vec::new();
         if self.groups.is_empty() {
-            return Err(err("groups", "[]", "at least one spot/on-demand pair is required"));
+            return Err(err(
+                "groups",
+                "[]",
+                "at least one spot/on-demand pair is required",
+            ));
         }
         let mut seen = std::collections::BTreeSet::new();
         for (i, pair) in self.groups.iter().enumerate() {
             for (side, name) in [("spot", &pair.spot), ("on_demand", &pair.on_demand)] {
                 if name.trim().is_empty() {
-                    return Err(err(format!("groups[{i}].{side}"), "\"\"", "group name is empty"));
+                    return Err(err(
+                        format!("groups[{i}].{side}"),
+                        "\"\"",
+                        "group name is empty",
+                    ));
                 }
             }
             if pair.spot == pair.on_demand {
@@ -332,8 +340,14 @@ impl Config {
             return Err(err("taint.key", "\"\"", "taint key is empty"));
         }
         for (name, v) in [
-            ("capacity_buffer.cpu_percent", self.capacity_buffer.cpu_percent),
-            ("capacity_buffer.memory_percent", self.capacity_buffer.memory_percent),
+            (
+                "capacity_buffer.cpu_percent",
+                self.capacity_buffer.cpu_percent,
+            ),
+            (
+                "capacity_buffer.memory_percent",
+                self.capacity_buffer.memory_percent,
+            ),
         ] {
             if v >= 100 {
                 return Err(err(name, v, "must be below 100"));
@@ -492,7 +506,10 @@ mod tests {
         assert_eq!(c.validate().unwrap_err().field, "drain.concurrency");
         let mut c = valid();
         c.capacity_buffer.cpu_percent = 100;
-        assert_eq!(c.validate().unwrap_err().field, "capacity_buffer.cpu_percent");
+        assert_eq!(
+            c.validate().unwrap_err().field,
+            "capacity_buffer.cpu_percent"
+        );
         let mut c = valid();
         c.timings.asg_poll = Duration::from_secs(600);
         assert_eq!(c.validate().unwrap_err().field, "timings.asg_poll");
@@ -501,7 +518,10 @@ mod tests {
         assert_eq!(c.validate().unwrap_err().field, "taint.key");
         let mut c = valid();
         c.timings.interruption_drain_window = Duration::from_secs(150);
-        assert_eq!(c.validate().unwrap()[0].field, "timings.interruption_drain_window");
+        assert_eq!(
+            c.validate().unwrap()[0].field,
+            "timings.interruption_drain_window"
+        );
     }
 
     #[test]

@@ -108,7 +108,13 @@ pub struct Intent {
 
 impl Intent {
     /// An intent with no recorded instances (handy in tests and examples).
-    pub fn new(kind: EntryKind, group: &str, spot_group: &str, at_risk: &str, desired_before: u32) -> Self {
+    pub fn new(
+        kind: EntryKind,
+        group: &str,
+        spot_group: &str,
+        at_risk: &str,
+        desired_before: u32,
+    ) -> Self {
         Self {
             kind,
             group: group.into(),
@@ -250,7 +256,12 @@ mod tests {
         let recent = l.record_intent(Intent::new(EntryKind::Fallback, "od", "s", "i-2", 1), t);
         let open = l.record_intent(Intent::new(EntryKind::Fallback, "od", "s", "i-3", 1), t);
         l.transition(&old, EntryState::Released, "", t);
-        l.transition(&recent, EntryState::Released, "", t + Duration::from_secs(3000));
+        l.transition(
+            &recent,
+            EntryState::Released,
+            "",
+            t + Duration::from_secs(3000),
+        );
         let now = t + Duration::from_secs(4000);
         assert_eq!(l.cleanup(now, Duration::from_secs(3600)), 1);
         assert!(l.get(&old).is_none());

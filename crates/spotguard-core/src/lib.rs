@@ -12,8 +12,11 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod engine;
+pub mod events;
 pub mod ledger;
 pub mod lock;
 pub mod model;
 pub mod notice;
 pub mod ports;
+pub mod predicates;

@@ -69,6 +69,21 @@ mod tests {
     use futures::future::join_all;
     use std::sync::atomic::{AtomicU32, Ordering};
 
+    /// Returns Pending once, after waking itself, so other futures get polled.
+    async fn yield_now() {
+        let mut yielded = false;
+        futures::future::poll_fn(|cx| {
+            if yielded {
+                std::task::Poll::Ready(())
+            } else {
+                yielded = true;
+                cx.waker().wake_by_ref();
+                std::task::Poll::Pending
+            }
+        })
+        .await
+    }
+
     #[test]
     fn serializes_critical_sections() {
         let lock = LocalScaleLock::default();
@@ -78,7 +93,7 @@ mod tests {
             lock.acquire("g").await.unwrap();
             let n = inside.fetch_add(1, Ordering::SeqCst) + 1;
             max_inside.fetch_max(n, Ordering::SeqCst);
-            futures::pending!(); // yield inside the section
+            yield_now().await; // let the others run while inside the section
             inside.fetch_sub(1, Ordering::SeqCst);
             lock.release("g").await.unwrap();
         })));

@@ -74,7 +74,10 @@ impl LifecycleState {
 
     /// True while the instance is still launching.
     pub fn is_pending(&self) -> bool {
-        matches!(self, Self::Pending | Self::PendingWait | Self::PendingProceed)
+        matches!(
+            self,
+            Self::Pending | Self::PendingWait | Self::PendingProceed
+        )
     }
 
     /// True once the instance is leaving the group.
@@ -515,7 +518,9 @@ impl Pod {
 
     /// Whether a drain moves this pod: not a DaemonSet pod, not a mirror pod, not finished.
     pub fn is_evictable(&self) -> bool {
-        !self.mirror && !self.terminal && !matches!(self.owner, OwnerKind::DaemonSet | OwnerKind::Node)
+        !self.mirror
+            && !self.terminal
+            && !matches!(self.owner, OwnerKind::DaemonSet | OwnerKind::Node)
     }
 
     /// Whether the pod's node selector and required node affinity admit the node's labels.
@@ -524,9 +529,10 @@ impl Pod {
             .iter()
             .all(|(k, v)| labels.get(k) == Some(v))
             && (self.required_affinity.is_empty()
-                || self.required_affinity.iter().any(|term| {
-                    term.match_expressions.iter().all(|r| r.matches(labels))
-                }))
+                || self
+                    .required_affinity
+                    .iter()
+                    .any(|term| term.match_expressions.iter().all(|r| r.matches(labels))))
     }
 
     /// Whether the pod tolerates every `NoSchedule`/`NoExecute` taint of the node.

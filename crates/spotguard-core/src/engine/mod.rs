@@ -1,0 +1,1359 @@
+//! The engine: phase 1 ([`Engine::handle_rebalance`]) and phase 2 ([`Engine::monitor_tick`]),
+//! plus ledger recovery and cleanup, generic over the ports.
+//!
+//! ## Phase 1, on a notice
+//! 1. Find the spot group holding the instance and its node (bad input: error, no action).
+//! 2. Taint the node first, so no new pods land while a replacement comes.
+//! 3. Raise the spot group by one under the group's [`ScaleLock`], recording the intent in the
+//!    ledger *before* the call; wait (polling every `asg_poll`) for a new InService instance,
+//!    watching scaling activities for failures, until `scale_up_timeout` — or earlier, when an
+//!    interruption time is known, so the drain still fits before it.
+//! 4. On spot failure, raise the on-demand group the same way and record the fallback.
+//! 5. With a replacement (or an interruption coming), drain; then pay back the spot pre-scale by
+//!    terminating the drained instance with decrement. With no replacement and no
+//!    interruption, abandon: give back the pre-scale, remove the taint, keep the node.
+//!
+//! ## Phase 2, every monitor tick
+//! For each open fallback entry: health of its spot group → stability → safety of removing
+//! the fallback node → taint, cordon, drain → terminate it with decrement → release. Every
+//! failure branch waits, skips or retries on the next tick; nothing is half-done.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use crate::config::{CapacityRebalancePolicy, Config, GroupPair};
+use crate::events::{Check, Discard, Event, Observer};
+use crate::ledger::{Entry, EntryKind, EntryState, Intent, Ledger};
+use crate::model::{ActivityStatus, ClusterSnapshot, Group, InstanceId};
+use crate::notice::{Notice, NoticeKind};
+use crate::ports::{
+    Clock, Cloud, CloudError, Cluster, ClusterError, DrainReport, LedgerStore, LockError,
+    ScaleLock, StoreError,
+};
+use crate::predicates::{health, safety::SafetyIndex, stability, Reason, Verdict};
+
+/// How many times a ledger update is retried on concurrent writes.
+const LEDGER_ATTEMPTS: u32 = 16;
+
+/// Errors the flows return. Each names the instance, group or node it is about.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// A cloud call failed.
+    #[error(transparent)]
+    Cloud(#[from] CloudError),
+    /// A cluster call failed.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    /// The ledger store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The scale lock failed.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// The instance is in none of the configured spot groups.
+    #[error("instance {instance} is not in any configured spot group ({groups})")]
+    UnknownInstance {
+        /// Instance.
+        instance: String,
+        /// Configured spot groups.
+        groups: String,
+    },
+    /// The instance has no node in the cluster.
+    #[error("instance {instance} has no node in the cluster")]
+    NoNode {
+        /// Instance.
+        instance: String,
+    },
+    /// The spot group launches replacements itself and the policy is to refuse.
+    #[error(
+        "spot group {group} has Capacity Rebalancing enabled, which already replaces instances \
+         on a rebalance recommendation; set capacity_rebalance = \"drain-only\" or disable it"
+    )]
+    CapacityRebalanceEnabled {
+        /// Group.
+        group: String,
+    },
+    /// The ledger kept changing under us.
+    #[error("ledger update lost {attempts} times against concurrent writers")]
+    LedgerContention {
+        /// Attempts made.
+        attempts: u32,
+    },
+}
+
+/// What stood in for the at-risk instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replacement {
+    /// A new spot instance.
+    Spot {
+        /// Instance.
+        instance: InstanceId,
+    },
+    /// An on-demand fallback instance, recorded in the ledger.
+    OnDemand {
+        /// Instance.
+        instance: InstanceId,
+        /// Ledger entry.
+        entry: String,
+    },
+    /// A group was raised but no instance was InService before the drain had to start
+    /// (interruption coming); the group keeps launching.
+    Launching {
+        /// Group still launching.
+        group: String,
+    },
+    /// Scaling was not attempted (drain-only policy).
+    NotAttempted,
+    /// Neither spot nor on-demand delivered.
+    None {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The result of phase 1 for one notice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RebalanceOutcome {
+    /// The instance was already being handled; nothing more was done.
+    Coalesced,
+    /// The notice was handled.
+    Handled {
+        /// At-risk node.
+        node: String,
+        /// What replaced it.
+        replacement: Replacement,
+        /// The drain, when one ran.
+        drain: Option<DrainReport>,
+        /// Whether the spot pre-scale was paid back.
+        paid_back: bool,
+    },
+}
+
+/// What a monitor tick did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TickReport {
+    /// Entries released this tick.
+    pub released: Vec<String>,
+    /// Entries waiting, with the verdict that holds them.
+    pub waiting: Vec<(String, Verdict)>,
+    /// Entries whose drain is still under way.
+    pub draining: Vec<String>,
+    /// Errors met (the tick carried on).
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    in_flight: HashSet<InstanceId>,
+    healthy_since: HashMap<String, SystemTime>,
+}
+
+/// A raised group: the ledger entry and the group as it was before.
+struct Raised {
+    entry: String,
+    instances_before: Vec<InstanceId>,
+}
+
+/// Why waiting for an instance ended without one.
+enum WaitEnd {
+    Failed(String),
+    TimedOut(Duration),
+    NoTime,
+}
+
+impl WaitEnd {
+    fn describe(&self) -> String {
+        match self {
+            Self::Failed(m) => format!("launch failed: {m}"),
+            Self::TimedOut(d) => format!(
+                "no instance InService after {}",
+                humantime::format_duration(Duration::from_secs(d.as_secs()))
+            ),
+            Self::NoTime => "no time left before the interruption".into(),
+        }
+    }
+}
+
+/// Spot Guard's engine over its ports.
+///
+/// ```
+/// # use spotguard_core::engine::Engine;
+/// # fn wire<C, K, T, S, L>(config: spotguard_core::config::Config, cloud: C, cluster: K, clock: T, store: S, lock: L)
+/// # where C: spotguard_core::ports::Cloud, K: spotguard_core::ports::Cluster, T: spotguard_core::ports::Clock,
+/// #       S: spotguard_core::ports::LedgerStore, L: spotguard_core::ports::ScaleLock {
+/// let engine = Engine::new(config, cloud, cluster, clock, store, lock);
+/// // drive it: engine.handle_rebalance(&notice).await, engine.monitor_tick().await, ...
+/// # }
+/// ```
+pub struct Engine<C, K, T, S, L> {
+    config: Config,
+    cloud: C,
+    cluster: K,
+    clock: T,
+    store: S,
+    lock: L,
+    observer: Box<dyn Observer>,
+    state: Mutex<State>,
+}
+
+impl<C, K, T, S, L> Engine<C, K, T, S, L>
+where
+    C: Cloud,
+    K: Cluster,
+    T: Clock,
+    S: LedgerStore,
+    L: ScaleLock,
+{
+    /// Builds an engine. The configuration should have been validated.
+    pub fn new(config: Config, cloud: C, cluster: K, clock: T, store: S, lock: L) -> Self {
+        Self {
+            config,
+            cloud,
+            cluster,
+            clock,
+            store,
+            lock,
+            observer: Box::new(Discard),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// Sends events to this observer.
+    pub fn with_observer(mut self, observer: impl Observer + 'static) -> Self {
+        self.observer = Box::new(observer);
+        self
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The cloud port.
+    pub fn cloud(&self) -> &C {
+        &self.cloud
+    }
+
+    /// The cluster port.
+    pub fn cluster(&self) -> &K {
+        &self.cluster
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &T {
+        &self.clock
+    }
+
+    /// The ledger store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    fn emit(&self, event: Event) {
+        self.observer.observe(self.clock.now(), &event);
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    // ----- ledger -------------------------------------------------------------------------
+
+    /// Loads, changes and saves the ledger, retrying on concurrent writes (the change is
+    /// re-applied to the fresh ledger).
+    async fn update_ledger<R>(&self, mut change: impl FnMut(&mut Ledger) -> R) -> Result<R, Error> {
+        for _ in 0..LEDGER_ATTEMPTS {
+            let loaded = self.store.load().await?;
+            let mut ledger = loaded.value;
+            let result = change(&mut ledger);
+            match self.store.save(&ledger, loaded.version).await {
+                Ok(_) => return Ok(result),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::LedgerContention {
+            attempts: LEDGER_ATTEMPTS,
+        })
+    }
+
+    async fn transition(&self, id: &str, state: EntryState, note: &str) -> Result<(), Error> {
+        let now = self.clock.now();
+        self.update_ledger(|l| l.transition(id, state, note, now))
+            .await
+    }
+
+    // ----- cloud helpers ------------------------------------------------------------------
+
+    async fn describe(&self, group: &str) -> Result<Group, Error> {
+        let groups = self.cloud.describe_groups(&[group.to_string()]).await?;
+        groups.into_iter().find(|g| g.name == group).ok_or_else(|| {
+            CloudError::UnknownGroup {
+                group: group.to_string(),
+            }
+            .into()
+        })
+    }
+
+    /// Runs `work` holding the group's scale lock; the lock is released whatever happens.
+    async fn locked<R>(
+        &self,
+        group: &str,
+        work: impl std::future::Future<Output = Result<R, Error>>,
+    ) -> Result<R, Error> {
+        self.lock.acquire(group).await?;
+        let result = work.await;
+        let released = self.lock.release(group).await;
+        let value = result?;
+        released?;
+        Ok(value)
+    }
+
+    /// Raises `group` by one under its lock, with the intent recorded before the call.
+    async fn raise(
+        &self,
+        kind: EntryKind,
+        group: &str,
+        pair: &GroupPair,
+        at_risk: &str,
+    ) -> Result<Raised, Error> {
+        self.locked(group, self.raise_locked(kind, group, pair, at_risk))
+            .await
+    }
+
+    async fn raise_locked(
+        &self,
+        kind: EntryKind,
+        group: &str,
+        pair: &GroupPair,
+        at_risk: &str,
+    ) -> Result<Raised, Error> {
+        let g = self.describe(group).await?;
+        if g.desired >= g.max {
+            return Err(CloudError::AboveMax {
+                group: group.to_string(),
+                desired: g.desired + 1,
+                max: g.max,
+            }
+            .into());
+        }
+        let now = self.clock.now();
+        let instances_before = g.instance_ids();
+        let intent = Intent {
+            kind,
+            group: group.to_string(),
+            spot_group: pair.spot.clone(),
+            at_risk_instance: at_risk.to_string(),
+            desired_before: g.desired,
+            instances_before: instances_before.clone(),
+        };
+        let entry = self
+            .update_ledger(|l| l.record_intent(intent.clone(), now))
+            .await?;
+        let call = self.cloud.set_desired_capacity(group, g.desired + 1).await;
+        // Settle the intent now, while we still hold the lock: an ambiguous failure (timeout,
+        // 5xx after retries) is resolved by looking at the group again.
+        let raised = match &call {
+            Ok(()) => true,
+            Err(CloudError::Api {
+                retryable: true, ..
+            }) => {
+                matches!(self.describe(group).await, Ok(now) if now.desired > g.desired)
+            }
+            Err(_) => false,
+        };
+        if raised {
+            self.transition(&entry, EntryState::Active, "scale-up made")
+                .await?;
+            self.emit(Event::ScaledUp {
+                group: group.to_string(),
+                from: g.desired,
+                to: g.desired + 1,
+            });
+            Ok(Raised {
+                entry,
+                instances_before,
+            })
+        } else {
+            let e = call.err().map(Error::from).unwrap_or_else(|| {
+                CloudError::Api {
+                    operation: "SetDesiredCapacity".into(),
+                    target: group.to_string(),
+                    message: "desired capacity unchanged after the call".into(),
+                    retryable: true,
+                }
+                .into()
+            });
+            self.transition(
+                &entry,
+                EntryState::Released,
+                &format!("scale-up not made: {e}"),
+            )
+            .await?;
+            Err(e)
+        }
+    }
+
+    /// Lowers `group` by one under its lock, never below its minimum and only while an
+    /// unfilled slot exists (desired above the instances it has), so no running instance is
+    /// picked by the group's termination policy.
+    async fn lower_unfilled(&self, group: &str) -> Result<bool, Error> {
+        self.locked(group, async {
+            let g = self.describe(group).await?;
+            let live = g
+                .instances
+                .iter()
+                .filter(|i| !i.lifecycle.is_leaving())
+                .count() as u32;
+            if g.desired > g.min && g.desired > live {
+                self.cloud
+                    .set_desired_capacity(group, g.desired - 1)
+                    .await?;
+                Ok(true)
+            } else {
+                Ok(false)
+            }
+        })
+        .await
+    }
+
+    /// Polls `group` until a new instance (not in `before`, not claimed) is InService, a
+    /// launch fails, or `until` passes.
+    async fn wait_for_instance(
+        &self,
+        group: &str,
+        before: &[InstanceId],
+        since: SystemTime,
+        until: SystemTime,
+    ) -> Result<Result<InstanceId, WaitEnd>, Error> {
+        let start = self.clock.now();
+        if start >= until {
+            return Ok(Err(WaitEnd::NoTime));
+        }
+        loop {
+            let now = self.clock.now();
+            if now >= until {
+                return Ok(Err(WaitEnd::TimedOut(
+                    now.duration_since(start).unwrap_or_default(),
+                )));
+            }
+            let pause = self
+                .config
+                .timings
+                .asg_poll
+                .min(until.duration_since(now).unwrap_or_default());
+            self.clock.sleep(pause).await;
+            let g = self.describe(group).await?;
+            let claimed = self.store.load().await?.value.claimed_instances();
+            if let Some(i) = g
+                .instances
+                .iter()
+                .find(|i| i.is_serving() && !before.contains(&i.id) && !claimed.contains(&i.id))
+            {
+                self.emit(Event::InstanceReady {
+                    group: group.to_string(),
+                    instance: i.id.clone(),
+                    after: self.clock.now().duration_since(start).unwrap_or_default(),
+                });
+                return Ok(Ok(i.id.clone()));
+            }
+            let activities = self
+                .cloud
+                .scaling_activities(&[group.to_string()], since)
+                .await?;
+            if let Some(failed) = activities.iter().find(|a| {
+                a.group == group && a.status == ActivityStatus::Failed && a.start >= since
+            }) {
+                let message = failed
+                    .status_message
+                    .clone()
+                    .unwrap_or_else(|| failed.description.clone());
+                return Ok(Err(WaitEnd::Failed(message)));
+            }
+        }
+    }
+
+    // ----- phase 1 ------------------------------------------------------------------------
+
+    /// Phase 1: acts on a rebalance recommendation or interruption notice.
+    ///
+    /// Concurrent calls for different instances raise the spot group by exactly one each
+    /// (the group's [`ScaleLock`] serializes the read-modify-write); a call for an instance
+    /// already being handled returns [`RebalanceOutcome::Coalesced`].
+    pub async fn handle_rebalance(&self, notice: &Notice) -> Result<RebalanceOutcome, Error> {
+        let instance = notice.instance_id.clone();
+        self.emit(Event::NoticeReceived {
+            instance: instance.clone(),
+            kind: match notice.kind {
+                NoticeKind::Rebalance => "rebalance".into(),
+                NoticeKind::Interruption { .. } => "interruption".into(),
+            },
+        });
+        if !self.state().in_flight.insert(instance.clone()) {
+            self.emit(Event::NoticeCoalesced { instance });
+            return Ok(RebalanceOutcome::Coalesced);
+        }
+        let result = self.rebalance(notice).await;
+        self.state().in_flight.remove(&instance);
+        if let Err(e) = &result {
+            self.emit(Event::NoticeRejected {
+                instance,
+                reason: e.to_string(),
+            });
+        }
+        result
+    }
+
+    async fn rebalance(&self, notice: &Notice) -> Result<RebalanceOutcome, Error> {
+        let instance = notice.instance_id.as_str();
+        let groups = self
+            .cloud
+            .describe_groups(&self.config.group_names())
+            .await?;
+        let Some((pair, spot)) = self.config.groups.iter().find_map(|p| {
+            groups
+                .iter()
+                .find(|g| g.name == p.spot && g.holds(instance))
+                .map(|g| (p.clone(), g.clone()))
+        }) else {
+            return Err(Error::UnknownInstance {
+                instance: instance.to_string(),
+                groups: self
+                    .config
+                    .groups
+                    .iter()
+                    .map(|p| p.spot.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        };
+        let drain_only = spot.capacity_rebalance
+            && match self.config.capacity_rebalance {
+                CapacityRebalancePolicy::Refuse => {
+                    return Err(Error::CapacityRebalanceEnabled { group: spot.name });
+                }
+                CapacityRebalancePolicy::DrainOnly => true,
+            };
+        let snapshot = self.cluster.snapshot().await?;
+        let node = snapshot
+            .node_for_instance(instance)
+            .map(|n| n.name.clone())
+            .ok_or_else(|| Error::NoNode {
+                instance: instance.to_string(),
+            })?;
+
+        // Taint first: nothing new lands on the node while the replacement comes.
+        self.cluster
+            .taint(&node, &self.config.taint.taint())
+            .await?;
+        self.emit(Event::Tainted { node: node.clone() });
+
+        let start = self.clock.now();
+        let mut until = start + self.config.timings.scale_up_timeout;
+        if let Some(deadline) = notice.deadline() {
+            let latest = deadline
+                .checked_sub(self.config.timings.interruption_drain_window)
+                .unwrap_or(deadline);
+            until = until.min(latest);
+        }
+
+        let mut prescale: Option<String> = None;
+        let replacement = if drain_only {
+            Replacement::NotAttempted
+        } else {
+            let spot_result = match self
+                .raise(EntryKind::Prescale, &pair.spot, &pair, instance)
+                .await
+            {
+                Ok(raised) => {
+                    prescale = Some(raised.entry.clone());
+                    match self
+                        .wait_for_instance(&pair.spot, &raised.instances_before, start, until)
+                        .await
+                    {
+                        Ok(Ok(new)) => Ok(new),
+                        Ok(Err(end)) => Err(end),
+                        Err(e) => Err(WaitEnd::Failed(e.to_string())),
+                    }
+                }
+                Err(e) => Err(WaitEnd::Failed(e.to_string())),
+            };
+            match spot_result {
+                Ok(new) => Replacement::Spot { instance: new },
+                Err(WaitEnd::NoTime) => Replacement::Launching {
+                    group: pair.spot.clone(),
+                },
+                Err(end) => {
+                    self.emit(Event::ScaleUpFailed {
+                        group: pair.spot.clone(),
+                        reason: end.describe(),
+                    });
+                    self.fall_back(&pair, instance, start, until).await
+                }
+            }
+        };
+
+        // A new instance that arrived after the spot wait ended counts as a replacement.
+        let replacement = match replacement {
+            Replacement::None { reason } if prescale.is_some() => {
+                self.adopt_late_spot(&pair, prescale.as_deref(), reason)
+                    .await?
+            }
+            other => other,
+        };
+        let protected = self.protect(&replacement, &snapshot).await;
+
+        let interruption = notice.deadline().is_some();
+        let result = match &replacement {
+            Replacement::None { reason } if !interruption => {
+                // Continue with the existing node: give the pre-scale back, remove the taint.
+                if let Some(entry) = &prescale {
+                    self.give_back_unfilled(entry, &pair.spot).await?;
+                }
+                self.cluster.untaint(&node, &self.config.taint.key).await?;
+                self.emit(Event::Untainted { node: node.clone() });
+                self.emit(Event::NoReplacement {
+                    node: node.clone(),
+                    reason: reason.clone(),
+                });
+                RebalanceOutcome::Handled {
+                    node,
+                    replacement: replacement.clone(),
+                    drain: None,
+                    paid_back: prescale.is_some(),
+                }
+            }
+            _ => {
+                if let Replacement::None { reason } = &replacement {
+                    self.emit(Event::NoReplacement {
+                        node: node.clone(),
+                        reason: format!("{reason}; draining anyway before the interruption"),
+                    });
+                }
+                let report = self.drain(&node).await?;
+                let paid_back = match (&prescale, report.is_complete() || interruption) {
+                    (Some(entry), true) => {
+                        self.pay_back_prescale(entry, &pair.spot, instance).await?
+                    }
+                    _ => false,
+                };
+                RebalanceOutcome::Handled {
+                    node,
+                    replacement: replacement.clone(),
+                    drain: Some(report),
+                    paid_back,
+                }
+            }
+        };
+        if let Some(node) = protected {
+            self.unprotect(&node).await;
+        }
+        Ok(result)
+    }
+
+    /// Spot failed: raise the on-demand group, wait, and record the fallback.
+    async fn fall_back(
+        &self,
+        pair: &GroupPair,
+        at_risk: &str,
+        start: SystemTime,
+        until: SystemTime,
+    ) -> Replacement {
+        let raised = match self
+            .raise(EntryKind::Fallback, &pair.on_demand, pair, at_risk)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                let reason = format!("on-demand scale-up of {} not made: {e}", pair.on_demand);
+                self.emit(Event::ScaleUpFailed {
+                    group: pair.on_demand.clone(),
+                    reason: e.to_string(),
+                });
+                return Replacement::None { reason };
+            }
+        };
+        self.emit(Event::FallbackRecorded {
+            entry: raised.entry.clone(),
+            group: pair.on_demand.clone(),
+        });
+        let waited = self
+            .wait_for_instance(&pair.on_demand, &raised.instances_before, start, until)
+            .await;
+        match waited {
+            Ok(Ok(instance)) => {
+                let id = raised.entry.clone();
+                let found = instance.clone();
+                let now = self.clock.now();
+                let recorded = self
+                    .update_ledger(|l| {
+                        if let Some(e) = l.get_mut(&id) {
+                            e.instance = Some(found.clone());
+                            e.note = "fallback instance InService".into();
+                            e.updated_at = now;
+                        }
+                    })
+                    .await;
+                if let Err(e) = recorded {
+                    // The monitor adopts the instance later; the entry is Active already.
+                    self.emit(Event::Error {
+                        during: format!("recording instance {instance} in {}", raised.entry),
+                        message: e.to_string(),
+                    });
+                }
+                Replacement::OnDemand {
+                    instance,
+                    entry: raised.entry,
+                }
+            }
+            Ok(Err(WaitEnd::NoTime)) => Replacement::Launching {
+                group: pair.on_demand.clone(),
+            },
+            Ok(Err(end)) => {
+                // The entry stays Active: the monitor adopts a late instance or settles it.
+                self.emit(Event::ScaleUpFailed {
+                    group: pair.on_demand.clone(),
+                    reason: end.describe(),
+                });
+                Replacement::None {
+                    reason: format!(
+                        "spot and on-demand both failed; on-demand {}",
+                        end.describe()
+                    ),
+                }
+            }
+            Err(e) => Replacement::None {
+                reason: format!("waiting for on-demand failed: {e}"),
+            },
+        }
+    }
+
+    /// After both waits failed, a spot instance may still have come just now.
+    async fn adopt_late_spot(
+        &self,
+        pair: &GroupPair,
+        prescale: Option<&str>,
+        reason: String,
+    ) -> Result<Replacement, Error> {
+        let ledger = self.store.load().await?.value;
+        let Some(entry) = prescale.and_then(|id| ledger.get(id)) else {
+            return Ok(Replacement::None { reason });
+        };
+        let g = self.describe(&pair.spot).await?;
+        let claimed = ledger.claimed_instances();
+        Ok(g.instances
+            .iter()
+            .find(|i| {
+                i.is_serving()
+                    && !entry.instances_before.contains(&i.id)
+                    && !claimed.contains(&i.id)
+            })
+            .map(|i| Replacement::Spot {
+                instance: i.id.clone(),
+            })
+            .unwrap_or(Replacement::None { reason }))
+    }
+
+    /// Marks a fresh replacement node so cluster-autoscaler leaves it alone during the action.
+    async fn protect(
+        &self,
+        replacement: &Replacement,
+        snapshot: &ClusterSnapshot,
+    ) -> Option<String> {
+        let key = &self.config.protect_annotation;
+        let instance = match replacement {
+            Replacement::Spot { instance } | Replacement::OnDemand { instance, .. } => instance,
+            _ => return None,
+        };
+        if key.is_empty() {
+            return None;
+        }
+        let node = match snapshot.node_for_instance(instance) {
+            Some(n) => n.name.clone(),
+            None => self
+                .cluster
+                .snapshot()
+                .await
+                .ok()?
+                .node_for_instance(instance)?
+                .name
+                .clone(),
+        };
+        match self.cluster.annotate(&node, key, Some("true".into())).await {
+            Ok(()) => Some(node),
+            Err(e) => {
+                self.emit(Event::Error {
+                    during: format!("protecting replacement node {node}"),
+                    message: e.to_string(),
+                });
+                None
+            }
+        }
+    }
+
+    async fn unprotect(&self, node: &str) {
+        if let Err(e) = self
+            .cluster
+            .annotate(node, &self.config.protect_annotation, None)
+            .await
+        {
+            self.emit(Event::Error {
+                during: format!("removing protection from node {node}"),
+                message: e.to_string(),
+            });
+        }
+    }
+
+    async fn drain(&self, node: &str) -> Result<DrainReport, Error> {
+        let report = self.cluster.drain(node, &self.config.drain).await?;
+        if report.is_complete() {
+            self.emit(Event::Drained {
+                node: node.to_string(),
+                evicted: report.evicted(),
+            });
+        } else {
+            self.emit(Event::DrainIncomplete {
+                node: node.to_string(),
+                remaining: report.remaining(),
+            });
+        }
+        Ok(report)
+    }
+
+    /// Pays the spot pre-scale back: terminate the drained at-risk instance with decrement
+    /// (or, when it is already gone, lower desired capacity by the unfilled slot).
+    async fn pay_back_prescale(
+        &self,
+        entry: &str,
+        spot_group: &str,
+        at_risk: &str,
+    ) -> Result<bool, Error> {
+        if !self.config.payback_prescale {
+            self.transition(
+                entry,
+                EntryState::Released,
+                "payback disabled by configuration; pre-scale kept",
+            )
+            .await?;
+            return Ok(false);
+        }
+        let g = self.describe(spot_group).await?;
+        let how = if g.holds(at_risk) {
+            let decrement = g.desired > g.min;
+            match self.cloud.terminate_instance(at_risk, decrement).await {
+                Ok(()) if decrement => format!("terminated {at_risk} with decrement"),
+                Ok(()) => format!("terminated {at_risk} without decrement (group at its minimum)"),
+                Err(CloudError::UnknownInstance { .. }) => {
+                    self.lower_or_note(spot_group, at_risk).await?
+                }
+                Err(e) => {
+                    self.emit(Event::Error {
+                        during: format!("paying back {entry}"),
+                        message: e.to_string(),
+                    });
+                    return Ok(false);
+                }
+            }
+        } else {
+            self.lower_or_note(spot_group, at_risk).await?
+        };
+        self.transition(entry, EntryState::Released, &how).await?;
+        self.emit(Event::PaidBack {
+            entry: entry.to_string(),
+            group: spot_group.to_string(),
+            how,
+        });
+        Ok(true)
+    }
+
+    async fn lower_or_note(&self, group: &str, at_risk: &str) -> Result<String, Error> {
+        Ok(if self.lower_unfilled(group).await? {
+            format!("{at_risk} already gone; lowered desired capacity by one")
+        } else {
+            format!("{at_risk} already gone and no unfilled slot left to lower")
+        })
+    }
+
+    /// Abandoning a pre-scale that delivered nothing: lower the unfilled slot.
+    async fn give_back_unfilled(&self, entry: &str, group: &str) -> Result<(), Error> {
+        let how = if self.lower_unfilled(group).await? {
+            "pre-scale delivered nothing; lowered desired capacity by one".to_string()
+        } else {
+            "pre-scale delivered nothing and no unfilled slot is left".to_string()
+        };
+        self.transition(entry, EntryState::Released, &how).await?;
+        self.emit(Event::PaidBack {
+            entry: entry.to_string(),
+            group: group.to_string(),
+            how,
+        });
+        Ok(())
+    }
+
+    // ----- phase 2 ------------------------------------------------------------------------
+
+    /// Phase 2: one monitor pass over the open ledger entries. With no open entry it makes no
+    /// cloud call at all; otherwise one batched describe and at most one activities call.
+    pub async fn monitor_tick(&self) -> Result<TickReport, Error> {
+        let mut report = TickReport::default();
+        let ledger = self.store.load().await?.value;
+        let now = self.clock.now();
+        let in_flight = self.state().in_flight.clone();
+        let open: Vec<Entry> = ledger
+            .open()
+            .filter(|e| !in_flight.contains(&e.at_risk_instance))
+            .cloned()
+            .collect();
+        if open.is_empty() {
+            return Ok(report);
+        }
+        let groups = self
+            .cloud
+            .describe_groups(&self.config.group_names())
+            .await?;
+        let by_name: HashMap<&str, &Group> = groups.iter().map(|g| (g.name.as_str(), g)).collect();
+
+        // Health of every spot group with an open fallback; activities only where the cheap
+        // check (InService == desired) passes.
+        let spot_groups: Vec<String> = {
+            let mut v: Vec<String> = open
+                .iter()
+                .filter(|e| e.kind == EntryKind::Fallback)
+                .map(|e| e.spot_group.clone())
+                .collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        let need_activities: Vec<String> = spot_groups
+            .iter()
+            .filter(|g| {
+                by_name
+                    .get(g.as_str())
+                    .is_some_and(|g| g.serving_count() == g.desired)
+            })
+            .cloned()
+            .collect();
+        let window = self
+            .config
+            .timings
+            .error_window
+            .max(self.config.timings.stability);
+        let activities = if need_activities.is_empty() {
+            Vec::new()
+        } else {
+            self.cloud
+                .scaling_activities(&need_activities, now.checked_sub(window).unwrap_or(now))
+                .await?
+        };
+        let mut health_of: HashMap<String, Verdict> = HashMap::new();
+        for name in &spot_groups {
+            let verdict = match by_name.get(name.as_str()) {
+                Some(g) => health(g, &activities, now, &self.config),
+                None => Verdict::Wait(vec![Reason::GroupMissing {
+                    group: name.clone(),
+                }]),
+            };
+            let mut state = self.state();
+            if verdict.is_go() {
+                state.healthy_since.entry(name.clone()).or_insert(now);
+            } else {
+                state.healthy_since.remove(name);
+            }
+            health_of.insert(name.clone(), verdict);
+        }
+
+        let mut snapshot: Option<ClusterSnapshot> = None;
+        for entry in open {
+            let outcome = match (entry.kind, entry.state) {
+                (_, EntryState::Pending) if self.pending_is_stale(&entry, now) => {
+                    self.settle_pending(&entry, &by_name).await.map(|_| ())
+                }
+                (_, EntryState::Pending) => Ok(()),
+                (EntryKind::Prescale, _) => self.settle_prescale(&entry, &by_name).await,
+                (EntryKind::Fallback, _) => {
+                    self.scale_down_step(
+                        &entry,
+                        &by_name,
+                        &activities,
+                        &health_of,
+                        &mut snapshot,
+                        &mut report,
+                    )
+                    .await
+                }
+            };
+            if let Err(e) = outcome {
+                self.emit(Event::Error {
+                    during: format!("monitoring {}", entry.id),
+                    message: e.to_string(),
+                });
+                report.errors.push(format!("{}: {e}", entry.id));
+            }
+        }
+        Ok(report)
+    }
+
+    async fn scale_down_step(
+        &self,
+        entry: &Entry,
+        groups: &HashMap<&str, &Group>,
+        activities: &[crate::model::Activity],
+        health_of: &HashMap<String, Verdict>,
+        snapshot: &mut Option<ClusterSnapshot>,
+        report: &mut TickReport,
+    ) -> Result<(), Error> {
+        let now = self.clock.now();
+        let Some(od) = groups.get(entry.group.as_str()) else {
+            return Err(CloudError::UnknownGroup {
+                group: entry.group.clone(),
+            }
+            .into());
+        };
+        let Some(instance) = entry.instance.clone() else {
+            return self.adopt_or_settle(entry, od).await;
+        };
+        if !od.holds(&instance) {
+            self.transition(
+                &entry.id,
+                EntryState::Released,
+                &format!(
+                    "fallback instance {instance} left {} without Spot Guard",
+                    od.name
+                ),
+            )
+            .await?;
+            self.emit(Event::EntrySettled {
+                entry: entry.id.clone(),
+                note: format!(
+                    "fallback instance {instance} is gone from {}; nothing left to give back",
+                    od.name
+                ),
+            });
+            report.released.push(entry.id.clone());
+            return Ok(());
+        }
+
+        let verdict = health_of
+            .get(&entry.spot_group)
+            .cloned()
+            .unwrap_or(Verdict::Wait(vec![Reason::GroupMissing {
+                group: entry.spot_group.clone(),
+            }]));
+        if !self.judge(entry, Check::Health, verdict, report).await? {
+            return Ok(());
+        }
+        if snapshot.is_none() {
+            *snapshot = Some(self.cluster.snapshot().await?);
+        }
+        let cluster = snapshot.as_ref().expect("snapshot just taken");
+        let spot = groups.get(entry.spot_group.as_str()).copied();
+        let since = self.state().healthy_since.get(&entry.spot_group).copied();
+        let verdict = match spot {
+            Some(g) => stability(g, activities, since, cluster, now, &self.config),
+            None => Verdict::Wait(vec![Reason::GroupMissing {
+                group: entry.spot_group.clone(),
+            }]),
+        };
+        if !self.judge(entry, Check::Stability, verdict, report).await? {
+            return Ok(());
+        }
+        let verdict = SafetyIndex::new(cluster, &self.config).check(&instance);
+        let node = cluster.node_for_instance(&instance).map(|n| n.name.clone());
+        if !self.judge(entry, Check::Safety, verdict, report).await? {
+            return Ok(());
+        }
+        let Some(node) = node else {
+            return Ok(());
+        };
+
+        // Go: taint, cordon, drain, then terminate with decrement.
+        if entry.state != EntryState::Draining {
+            self.transition(
+                &entry.id,
+                EntryState::Draining,
+                &format!("removing node {node}"),
+            )
+            .await?;
+        }
+        self.emit(Event::ScaleDownStarted {
+            entry: entry.id.clone(),
+            node: node.clone(),
+        });
+        self.cluster
+            .taint(&node, &self.config.taint.taint())
+            .await?;
+        self.emit(Event::Tainted { node: node.clone() });
+        self.cluster.set_unschedulable(&node, true).await?;
+        self.emit(Event::Cordoned { node: node.clone() });
+        *snapshot = None;
+        let drained = self.drain(&node).await?;
+        if !drained.is_complete() {
+            report.draining.push(entry.id.clone());
+            return Ok(());
+        }
+        let decrement = od.desired > od.min;
+        self.cloud.terminate_instance(&instance, decrement).await?;
+        let how = if decrement {
+            format!("terminated {instance} with decrement")
+        } else {
+            format!(
+                "terminated {instance} without decrement ({} at its minimum)",
+                od.name
+            )
+        };
+        self.transition(&entry.id, EntryState::Released, &how)
+            .await?;
+        self.emit(Event::PaidBack {
+            entry: entry.id.clone(),
+            group: od.name.clone(),
+            how,
+        });
+        report.released.push(entry.id.clone());
+        Ok(())
+    }
+
+    /// Emits a verdict; on wait, abandons a scale-down in progress (untaint, uncordon) unless
+    /// only PDBs hold it (the drain itself waits for those).
+    async fn judge(
+        &self,
+        entry: &Entry,
+        check: Check,
+        verdict: Verdict,
+        report: &mut TickReport,
+    ) -> Result<bool, Error> {
+        self.emit(Event::Verdict {
+            entry: entry.id.clone(),
+            check,
+            verdict: verdict.clone(),
+        });
+        if verdict.is_go() {
+            return Ok(true);
+        }
+        let only_pdbs = verdict
+            .reasons()
+            .iter()
+            .all(|r| matches!(r, Reason::PdbBlocks { .. }))
+            && check == Check::Safety;
+        if entry.state == EntryState::Draining && !only_pdbs {
+            self.abandon_scale_down(entry).await?;
+        }
+        if entry.state == EntryState::Draining && only_pdbs {
+            // Pods are on their way out; keep draining.
+            return Ok(true);
+        }
+        report.waiting.push((entry.id.clone(), verdict));
+        Ok(false)
+    }
+
+    async fn abandon_scale_down(&self, entry: &Entry) -> Result<(), Error> {
+        let snapshot = self.cluster.snapshot().await?;
+        if let Some(node) = entry
+            .instance
+            .as_deref()
+            .and_then(|i| snapshot.node_for_instance(i))
+        {
+            self.cluster
+                .untaint(&node.name, &self.config.taint.key)
+                .await?;
+            self.emit(Event::Untainted {
+                node: node.name.clone(),
+            });
+            self.cluster.set_unschedulable(&node.name, false).await?;
+            self.emit(Event::Uncordoned {
+                node: node.name.clone(),
+            });
+        }
+        self.transition(
+            &entry.id,
+            EntryState::Active,
+            "scale-down abandoned: spot no longer healthy and stable",
+        )
+        .await
+    }
+
+    /// A fallback entry without an instance: adopt a new unclaimed instance of the group, or,
+    /// once stale, lower the unfilled slot it left.
+    async fn adopt_or_settle(&self, entry: &Entry, od: &Group) -> Result<(), Error> {
+        let now = self.clock.now();
+        let id = entry.id.clone();
+        let found = self
+            .update_ledger(|l| {
+                let claimed = l.claimed_instances();
+                let new = od
+                    .instances
+                    .iter()
+                    .find(|i| {
+                        i.is_serving()
+                            && !claimed.contains(&i.id)
+                            && !entry.instances_before.contains(&i.id)
+                    })
+                    .map(|i| i.id.clone());
+                if let (Some(e), Some(new)) = (l.get_mut(&id), &new) {
+                    e.instance = Some(new.clone());
+                    e.note = "fallback instance adopted by the monitor".into();
+                    e.updated_at = now;
+                }
+                new
+            })
+            .await?;
+        if let Some(instance) = found {
+            self.emit(Event::EntrySettled {
+                entry: entry.id.clone(),
+                note: format!("adopted fallback instance {instance}"),
+            });
+            return Ok(());
+        }
+        let age = now.duration_since(entry.created_at).unwrap_or_default();
+        if age >= self.config.timings.stale_after {
+            let note = if self.lower_unfilled(&od.name).await? {
+                "no instance ever came; lowered desired capacity by the unfilled slot"
+            } else {
+                "no instance ever came and no unfilled slot is left"
+            };
+            self.transition(&entry.id, EntryState::Released, note)
+                .await?;
+            self.emit(Event::EntrySettled {
+                entry: entry.id.clone(),
+                note: note.into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// A pending entry younger than the scale-up timeout may belong to a scale-up in progress
+    /// in another process; it is left alone until then.
+    fn pending_is_stale(&self, entry: &Entry, now: SystemTime) -> bool {
+        now.duration_since(entry.created_at).unwrap_or_default()
+            >= self.config.timings.scale_up_timeout
+    }
+
+    /// A pending entry (intent written, outcome of the call unknown, e.g. after a crash):
+    /// decide from the group whether the increase happened.
+    async fn settle_pending(
+        &self,
+        entry: &Entry,
+        groups: &HashMap<&str, &Group>,
+    ) -> Result<bool, Error> {
+        let Some(g) = groups.get(entry.group.as_str()) else {
+            return Err(CloudError::UnknownGroup {
+                group: entry.group.clone(),
+            }
+            .into());
+        };
+        let new_instance = g
+            .instances
+            .iter()
+            .any(|i| !entry.instances_before.contains(&i.id));
+        let raised = g.desired > entry.desired_before || new_instance;
+        let (state, note) = if raised {
+            (
+                EntryState::Active,
+                format!(
+                    "recovered: {} was raised (desired {} → {})",
+                    g.name, entry.desired_before, g.desired
+                ),
+            )
+        } else {
+            (
+                EntryState::Released,
+                format!("recovered: {} was never raised", g.name),
+            )
+        };
+        self.transition(&entry.id, state, &note).await?;
+        self.emit(Event::EntrySettled {
+            entry: entry.id.clone(),
+            note,
+        });
+        Ok(raised)
+    }
+
+    /// An active pre-scale whose phase 1 no longer runs (crash, restart): finish it.
+    async fn settle_prescale(
+        &self,
+        entry: &Entry,
+        groups: &HashMap<&str, &Group>,
+    ) -> Result<(), Error> {
+        let t = &self.config.timings;
+        let grace = t.scale_up_timeout + self.config.drain.timeout + t.monitor_interval;
+        let age = self
+            .clock
+            .now()
+            .duration_since(entry.updated_at)
+            .unwrap_or_default();
+        if age < grace {
+            return Ok(()); // phase 1 may still be running in another process
+        }
+        let Some(spot) = groups.get(entry.group.as_str()) else {
+            return Err(CloudError::UnknownGroup {
+                group: entry.group.clone(),
+            }
+            .into());
+        };
+        if spot.holds(&entry.at_risk_instance) {
+            // Resume: the at-risk node is still there; drain it (the replacement was asked
+            // for long ago), then pay back.
+            let snapshot = self.cluster.snapshot().await?;
+            if let Some(node) = snapshot.node_for_instance(&entry.at_risk_instance) {
+                let node = node.name.clone();
+                self.cluster
+                    .taint(&node, &self.config.taint.taint())
+                    .await?;
+                self.emit(Event::Tainted { node: node.clone() });
+                if !self.drain(&node).await?.is_complete() {
+                    return Ok(());
+                }
+            }
+        }
+        self.emit(Event::EntrySettled {
+            entry: entry.id.clone(),
+            note: "resuming an interrupted pre-scale".into(),
+        });
+        self.pay_back_prescale(&entry.id, &entry.group, &entry.at_risk_instance)
+            .await
+            .map(|_| ())
+    }
+
+    // ----- recovery and cleanup -----------------------------------------------------------
+
+    /// At start-up: settles every pending entry old enough not to belong to a scale-up still
+    /// in progress elsewhere; the monitor resumes every other open entry. Returns the number
+    /// of open entries.
+    pub async fn recover(&self) -> Result<usize, Error> {
+        let ledger = self.store.load().await?.value;
+        let now = self.clock.now();
+        let pending: Vec<&Entry> = ledger
+            .open()
+            .filter(|e| e.state == EntryState::Pending && self.pending_is_stale(e, now))
+            .collect();
+        if !pending.is_empty() {
+            let groups = self
+                .cloud
+                .describe_groups(&self.config.group_names())
+                .await?;
+            let by_name: HashMap<&str, &Group> =
+                groups.iter().map(|g| (g.name.as_str(), g)).collect();
+            for e in pending {
+                self.settle_pending(e, &by_name).await?;
+            }
+        }
+        Ok(self.store.load().await?.value.open().count())
+    }
+
+    /// Drops released entries older than the retention period.
+    pub async fn cleanup(&self) -> Result<usize, Error> {
+        let now = self.clock.now();
+        let retention = self.config.timings.released_retention;
+        let removed = self.update_ledger(|l| l.cleanup(now, retention)).await?;
+        if removed > 0 {
+            self.emit(Event::LedgerCleaned { removed });
+        }
+        Ok(removed)
+    }
+
+    /// The ledger as stored.
+    pub async fn ledger(&self) -> Result<Ledger, Error> {
+        Ok(self.store.load().await?.value)
+    }
+}

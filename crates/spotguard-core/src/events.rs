@@ -1,0 +1,269 @@
+//! What the engine did and why, as structured events. The daemon turns them into logs,
+//! metrics and Kubernetes Events; the simulator into its timeline; tests assert on them.
+
+use std::fmt;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::predicates::Verdict;
+
+/// Which predicate a verdict comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Check {
+    /// [`crate::predicates::health`].
+    Health,
+    /// [`crate::predicates::stability`].
+    Stability,
+    /// [`crate::predicates::safety`].
+    Safety,
+}
+
+/// One thing the engine decided or did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    /// A notice arrived.
+    NoticeReceived {
+        /// Instance.
+        instance: String,
+        /// `rebalance` or `interruption`.
+        kind: String,
+    },
+    /// A notice for an instance already being handled was merged into that handling.
+    NoticeCoalesced {
+        /// Instance.
+        instance: String,
+    },
+    /// A notice was not acted on.
+    NoticeRejected {
+        /// Instance.
+        instance: String,
+        /// Why.
+        reason: String,
+    },
+    /// A node got Spot Guard's taint.
+    Tainted {
+        /// Node.
+        node: String,
+    },
+    /// Spot Guard's taint was removed (action abandoned).
+    Untainted {
+        /// Node.
+        node: String,
+    },
+    /// A node was cordoned.
+    Cordoned {
+        /// Node.
+        node: String,
+    },
+    /// A node was uncordoned (action abandoned).
+    Uncordoned {
+        /// Node.
+        node: String,
+    },
+    /// Desired capacity was raised.
+    ScaledUp {
+        /// Group.
+        group: String,
+        /// Desired before.
+        from: u32,
+        /// Desired after.
+        to: u32,
+    },
+    /// A scale-up could not be made or did not deliver an instance.
+    ScaleUpFailed {
+        /// Group.
+        group: String,
+        /// Why.
+        reason: String,
+    },
+    /// The new instance is InService.
+    InstanceReady {
+        /// Group.
+        group: String,
+        /// Instance.
+        instance: String,
+        /// How long it took.
+        after: Duration,
+    },
+    /// An on-demand fallback was recorded in the ledger.
+    FallbackRecorded {
+        /// Ledger entry.
+        entry: String,
+        /// On-demand group.
+        group: String,
+    },
+    /// No replacement could be had; the action continues with the existing node.
+    NoReplacement {
+        /// The at-risk node.
+        node: String,
+        /// Why.
+        reason: String,
+    },
+    /// A drain finished: every pod that had to leave left.
+    Drained {
+        /// Node.
+        node: String,
+        /// Pods evicted.
+        evicted: usize,
+    },
+    /// A drain gave up with pods still in place.
+    DrainIncomplete {
+        /// Node.
+        node: String,
+        /// Pods left and why.
+        remaining: Vec<String>,
+    },
+    /// Capacity Spot Guard added was given back.
+    PaidBack {
+        /// Ledger entry.
+        entry: String,
+        /// Group.
+        group: String,
+        /// How (`terminated i-… with decrement`, ...).
+        how: String,
+    },
+    /// A predicate's verdict on a ledger entry.
+    Verdict {
+        /// Ledger entry.
+        entry: String,
+        /// Which predicate.
+        check: Check,
+        /// Its answer.
+        verdict: Verdict,
+    },
+    /// The monitor started removing a fallback node.
+    ScaleDownStarted {
+        /// Ledger entry.
+        entry: String,
+        /// Node.
+        node: String,
+    },
+    /// A ledger entry was settled after a restart or a stale period.
+    EntrySettled {
+        /// Ledger entry.
+        entry: String,
+        /// What was found.
+        note: String,
+    },
+    /// Released entries were dropped from the ledger.
+    LedgerCleaned {
+        /// How many.
+        removed: usize,
+    },
+    /// An error the engine logged and carried on from.
+    Error {
+        /// What it was doing.
+        during: String,
+        /// The error.
+        message: String,
+    },
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoticeReceived { instance, kind } => write!(f, "{kind} notice for {instance}"),
+            Self::NoticeCoalesced { instance } => {
+                write!(f, "notice for {instance} merged into the running action")
+            }
+            Self::NoticeRejected { instance, reason } => {
+                write!(f, "notice for {instance} not acted on: {reason}")
+            }
+            Self::Tainted { node } => write!(f, "tainted node {node}"),
+            Self::Untainted { node } => write!(f, "removed taint from node {node}"),
+            Self::Cordoned { node } => write!(f, "cordoned node {node}"),
+            Self::Uncordoned { node } => write!(f, "uncordoned node {node}"),
+            Self::ScaledUp { group, from, to } => write!(f, "scaled {group} from {from} to {to}"),
+            Self::ScaleUpFailed { group, reason } => {
+                write!(f, "scale-up of {group} failed: {reason}")
+            }
+            Self::InstanceReady {
+                group,
+                instance,
+                after,
+            } => write!(
+                f,
+                "{instance} InService in {group} after {}",
+                humantime::format_duration(Duration::from_secs(after.as_secs()))
+            ),
+            Self::FallbackRecorded { entry, group } => {
+                write!(f, "fallback to {group} recorded as {entry}")
+            }
+            Self::NoReplacement { node, reason } => {
+                write!(f, "no replacement for {node}, continuing on it: {reason}")
+            }
+            Self::Drained { node, evicted } => write!(f, "drained {node} ({evicted} pods evicted)"),
+            Self::DrainIncomplete { node, remaining } => {
+                write!(f, "drain of {node} incomplete: {}", remaining.join(", "))
+            }
+            Self::PaidBack { entry, group, how } => {
+                write!(f, "{entry}: gave back {group} capacity, {how}")
+            }
+            Self::Verdict {
+                entry,
+                check,
+                verdict,
+            } => write!(f, "{entry}: {check:?} {verdict}"),
+            Self::ScaleDownStarted { entry, node } => {
+                write!(f, "{entry}: removing fallback node {node}")
+            }
+            Self::EntrySettled { entry, note } => write!(f, "{entry}: {note}"),
+            Self::LedgerCleaned { removed } => {
+                write!(f, "dropped {removed} released ledger entries")
+            }
+            Self::Error { during, message } => write!(f, "error while {during}: {message}"),
+        }
+    }
+}
+
+/// Receives the engine's events. Must be cheap and must not block.
+pub trait Observer: Send + Sync {
+    /// Called for each event, with the engine clock's time.
+    fn observe(&self, at: SystemTime, event: &Event);
+}
+
+/// Discards events.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Discard;
+
+impl Observer for Discard {
+    fn observe(&self, _: SystemTime, _: &Event) {}
+}
+
+/// Keeps every event in memory (tests, the simulator's timeline).
+#[derive(Debug, Default)]
+pub struct Recorder {
+    events: Mutex<Vec<(SystemTime, Event)>>,
+}
+
+impl Recorder {
+    /// A copy of the events so far.
+    pub fn events(&self) -> Vec<(SystemTime, Event)> {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Takes the events so far, leaving none.
+    pub fn take(&self) -> Vec<(SystemTime, Event)> {
+        std::mem::take(&mut *self.events.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl Observer for Recorder {
+    fn observe(&self, at: SystemTime, event: &Event) {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((at, event.clone()));
+    }
+}
+
+impl<T: Observer + ?Sized> Observer for std::sync::Arc<T> {
+    fn observe(&self, at: SystemTime, event: &Event) {
+        (**self).observe(at, event)
+    }
+}
