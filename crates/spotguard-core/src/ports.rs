@@ -302,3 +302,79 @@ pub trait ScaleLock: Send + Sync {
     /// Releases the group's lock.
     async fn release(&self, group: &str) -> Result<(), LockError>;
 }
+
+/// Ports are shared: a reference or an `Arc` to a port is a port, so one cloud client can
+/// serve several engines (or tests can keep a handle on their fakes).
+macro_rules! shared_ports {
+    ($($wrapper:ty),*) => {$(
+        #[async_trait]
+        impl<T: Cloud + ?Sized> Cloud for $wrapper {
+            async fn describe_groups(&self, names: &[String]) -> Result<Vec<Group>, CloudError> {
+                (**self).describe_groups(names).await
+            }
+            async fn set_desired_capacity(&self, group: &str, desired: u32) -> Result<(), CloudError> {
+                (**self).set_desired_capacity(group, desired).await
+            }
+            async fn terminate_instance(&self, instance: &str, decrement: bool) -> Result<(), CloudError> {
+                (**self).terminate_instance(instance, decrement).await
+            }
+            async fn scaling_activities(&self, groups: &[String], since: SystemTime) -> Result<Vec<Activity>, CloudError> {
+                (**self).scaling_activities(groups, since).await
+            }
+        }
+
+        #[async_trait]
+        impl<T: Cluster + ?Sized> Cluster for $wrapper {
+            async fn snapshot(&self) -> Result<ClusterSnapshot, ClusterError> {
+                (**self).snapshot().await
+            }
+            async fn taint(&self, node: &str, taint: &Taint) -> Result<(), ClusterError> {
+                (**self).taint(node, taint).await
+            }
+            async fn untaint(&self, node: &str, key: &str) -> Result<(), ClusterError> {
+                (**self).untaint(node, key).await
+            }
+            async fn set_unschedulable(&self, node: &str, unschedulable: bool) -> Result<(), ClusterError> {
+                (**self).set_unschedulable(node, unschedulable).await
+            }
+            async fn annotate(&self, node: &str, key: &str, value: Option<String>) -> Result<(), ClusterError> {
+                (**self).annotate(node, key, value).await
+            }
+            async fn drain(&self, node: &str, options: &DrainOptions) -> Result<DrainReport, ClusterError> {
+                (**self).drain(node, options).await
+            }
+        }
+
+        #[async_trait]
+        impl<T: Clock + ?Sized> Clock for $wrapper {
+            fn now(&self) -> SystemTime {
+                (**self).now()
+            }
+            async fn sleep(&self, duration: Duration) {
+                (**self).sleep(duration).await
+            }
+        }
+
+        #[async_trait]
+        impl<T: LedgerStore + ?Sized> LedgerStore for $wrapper {
+            async fn load(&self) -> Result<Versioned<Ledger>, StoreError> {
+                (**self).load().await
+            }
+            async fn save(&self, ledger: &Ledger, expected: Option<String>) -> Result<String, StoreError> {
+                (**self).save(ledger, expected).await
+            }
+        }
+
+        #[async_trait]
+        impl<T: ScaleLock + ?Sized> ScaleLock for $wrapper {
+            async fn acquire(&self, group: &str) -> Result<(), LockError> {
+                (**self).acquire(group).await
+            }
+            async fn release(&self, group: &str) -> Result<(), LockError> {
+                (**self).release(group).await
+            }
+        }
+    )*};
+}
+
+shared_ports!(&T, std::sync::Arc<T>);

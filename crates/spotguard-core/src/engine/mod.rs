@@ -418,16 +418,22 @@ where
         .await
     }
 
-    /// Polls `group` until a new instance (not in `before`, not claimed) is InService, a
-    /// launch fails, or `until` passes.
+    /// Polls `group` until a new instance (not there before the raise, not claimed by another
+    /// entry) is InService, a launch fails, or the wait ends: `scale_up_timeout` from now, or
+    /// `latest` (interruption cap) if earlier. The instance is claimed for the entry in the
+    /// ledger atomically, so concurrent handlers never take the same one.
     async fn wait_for_instance(
         &self,
         group: &str,
-        before: &[InstanceId],
+        raised: &Raised,
         since: SystemTime,
-        until: SystemTime,
+        latest: Option<SystemTime>,
     ) -> Result<Result<InstanceId, WaitEnd>, Error> {
         let start = self.clock.now();
+        let mut until = start + self.config.timings.scale_up_timeout;
+        if let Some(latest) = latest {
+            until = until.min(latest);
+        }
         if start >= until {
             return Ok(Err(WaitEnd::NoTime));
         }
@@ -445,18 +451,13 @@ where
                 .min(until.duration_since(now).unwrap_or_default());
             self.clock.sleep(pause).await;
             let g = self.describe(group).await?;
-            let claimed = self.store.load().await?.value.claimed_instances();
-            if let Some(i) = g
-                .instances
-                .iter()
-                .find(|i| i.is_serving() && !before.contains(&i.id) && !claimed.contains(&i.id))
-            {
+            if let Some(instance) = self.claim_new_instance(&g, raised).await? {
                 self.emit(Event::InstanceReady {
                     group: group.to_string(),
-                    instance: i.id.clone(),
+                    instance: instance.clone(),
                     after: self.clock.now().duration_since(start).unwrap_or_default(),
                 });
-                return Ok(Ok(i.id.clone()));
+                return Ok(Ok(instance));
             }
             let activities = self
                 .cloud
@@ -472,6 +473,35 @@ where
                 return Ok(Err(WaitEnd::Failed(message)));
             }
         }
+    }
+
+    /// Records, for the entry, the first InService instance of the group that was not there
+    /// before its raise and that no other open entry holds.
+    async fn claim_new_instance(
+        &self,
+        group: &Group,
+        raised: &Raised,
+    ) -> Result<Option<InstanceId>, Error> {
+        let serving: Vec<InstanceId> = group
+            .instances
+            .iter()
+            .filter(|i| i.is_serving() && !raised.instances_before.contains(&i.id))
+            .map(|i| i.id.clone())
+            .collect();
+        if serving.is_empty() {
+            return Ok(None);
+        }
+        let now = self.clock.now();
+        self.update_ledger(|l| {
+            let claimed = l.claimed_instances();
+            let free = serving.iter().find(|i| !claimed.contains(i))?.clone();
+            let e = l.get_mut(&raised.entry)?;
+            e.instance = Some(free.clone());
+            e.note = format!("instance {free} InService");
+            e.updated_at = now;
+            Some(free)
+        })
+        .await
     }
 
     // ----- phase 1 ------------------------------------------------------------------------
@@ -550,13 +580,12 @@ where
         self.emit(Event::Tainted { node: node.clone() });
 
         let start = self.clock.now();
-        let mut until = start + self.config.timings.scale_up_timeout;
-        if let Some(deadline) = notice.deadline() {
-            let latest = deadline
+        // With an interruption coming, every wait ends in time for the drain to fit.
+        let latest = notice.deadline().map(|deadline| {
+            deadline
                 .checked_sub(self.config.timings.interruption_drain_window)
-                .unwrap_or(deadline);
-            until = until.min(latest);
-        }
+                .unwrap_or(deadline)
+        });
 
         let mut prescale: Option<String> = None;
         let replacement = if drain_only {
@@ -569,7 +598,7 @@ where
                 Ok(raised) => {
                     prescale = Some(raised.entry.clone());
                     match self
-                        .wait_for_instance(&pair.spot, &raised.instances_before, start, until)
+                        .wait_for_instance(&pair.spot, &raised, start, latest)
                         .await
                     {
                         Ok(Ok(new)) => Ok(new),
@@ -589,7 +618,7 @@ where
                         group: pair.spot.clone(),
                         reason: end.describe(),
                     });
-                    self.fall_back(&pair, instance, start, until).await
+                    self.fall_back(&pair, instance, start, latest).await
                 }
             }
         };
@@ -658,7 +687,7 @@ where
         pair: &GroupPair,
         at_risk: &str,
         start: SystemTime,
-        until: SystemTime,
+        latest: Option<SystemTime>,
     ) -> Replacement {
         let raised = match self
             .raise(EntryKind::Fallback, &pair.on_demand, pair, at_risk)
@@ -679,34 +708,13 @@ where
             group: pair.on_demand.clone(),
         });
         let waited = self
-            .wait_for_instance(&pair.on_demand, &raised.instances_before, start, until)
+            .wait_for_instance(&pair.on_demand, &raised, start, latest)
             .await;
         match waited {
-            Ok(Ok(instance)) => {
-                let id = raised.entry.clone();
-                let found = instance.clone();
-                let now = self.clock.now();
-                let recorded = self
-                    .update_ledger(|l| {
-                        if let Some(e) = l.get_mut(&id) {
-                            e.instance = Some(found.clone());
-                            e.note = "fallback instance InService".into();
-                            e.updated_at = now;
-                        }
-                    })
-                    .await;
-                if let Err(e) = recorded {
-                    // The monitor adopts the instance later; the entry is Active already.
-                    self.emit(Event::Error {
-                        during: format!("recording instance {instance} in {}", raised.entry),
-                        message: e.to_string(),
-                    });
-                }
-                Replacement::OnDemand {
-                    instance,
-                    entry: raised.entry,
-                }
-            }
+            Ok(Ok(instance)) => Replacement::OnDemand {
+                instance,
+                entry: raised.entry,
+            },
             Ok(Err(WaitEnd::NoTime)) => Replacement::Launching {
                 group: pair.on_demand.clone(),
             },
@@ -740,19 +748,15 @@ where
         let Some(entry) = prescale.and_then(|id| ledger.get(id)) else {
             return Ok(Replacement::None { reason });
         };
+        let raised = Raised {
+            entry: entry.id.clone(),
+            instances_before: entry.instances_before.clone(),
+        };
         let g = self.describe(&pair.spot).await?;
-        let claimed = ledger.claimed_instances();
-        Ok(g.instances
-            .iter()
-            .find(|i| {
-                i.is_serving()
-                    && !entry.instances_before.contains(&i.id)
-                    && !claimed.contains(&i.id)
-            })
-            .map(|i| Replacement::Spot {
-                instance: i.id.clone(),
-            })
-            .unwrap_or(Replacement::None { reason }))
+        Ok(match self.claim_new_instance(&g, &raised).await? {
+            Some(instance) => Replacement::Spot { instance },
+            None => Replacement::None { reason },
+        })
     }
 
     /// Marks a fresh replacement node so cluster-autoscaler leaves it alone during the action.
@@ -1357,3 +1361,8 @@ where
         Ok(self.store.load().await?.value)
     }
 }
+
+#[cfg(test)]
+mod fakes;
+#[cfg(test)]
+mod tests;
