@@ -80,6 +80,36 @@ pub struct Entry {
     /// Why the entry is in its current state, for operators.
     #[serde(default)]
     pub note: String,
+    /// The payback call about to be made, recorded before it is sent, so a payback whose
+    /// outcome was lost is recognised instead of made twice.
+    #[serde(default)]
+    pub payback: Option<Payback>,
+}
+
+/// A payback call in flight.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Payback {
+    /// Terminating this instance with decrement.
+    Terminate {
+        /// Instance.
+        instance: InstanceId,
+    },
+    /// Lowering desired capacity from this value by one.
+    Lower {
+        /// Desired capacity before the call.
+        from: u32,
+    },
+}
+
+impl Payback {
+    /// Whether the group shows the call took effect.
+    pub fn is_done(&self, group: &crate::model::Group) -> bool {
+        match self {
+            Self::Terminate { instance } => !group.holds(instance),
+            Self::Lower { from } => group.desired < *from,
+        }
+    }
 }
 
 impl Entry {
@@ -166,6 +196,7 @@ impl Ledger {
             created_at: now,
             updated_at: now,
             note: "scale-up requested".into(),
+            payback: None,
         });
         id
     }

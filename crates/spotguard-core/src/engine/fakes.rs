@@ -46,6 +46,10 @@ pub struct CloudState {
     /// The next call of this operation fails with this error.
     pub fail_next: BTreeMap<&'static str, CloudError>,
     pub now: SystemTime,
+    /// Per group: total raised and total lowered desired capacity, over all calls.
+    pub deltas: BTreeMap<String, (u32, u32)>,
+    /// On-demand instances terminated while a spot group was not healthy (invariant 5).
+    pub unsafe_terminations: Vec<String>,
 }
 
 /// An Auto Scaling look-alike.
@@ -75,6 +79,8 @@ impl FakeCloud {
             spot_silent: false,
             fail_next: BTreeMap::new(),
             now: t0(),
+            deltas: BTreeMap::new(),
+            unsafe_terminations: vec![],
         };
         for (name, desired, max) in groups {
             let instances = (0..*desired)
@@ -232,7 +238,14 @@ impl Cloud for FakeCloud {
                 min: g.min,
             });
         }
+        let old = g.desired;
         g.desired = desired;
+        let d = st.deltas.entry(group.to_string()).or_default();
+        if desired > old {
+            d.0 += desired - old;
+        } else {
+            d.1 += old - desired;
+        }
         Self::reconcile(&mut st, group);
         Ok(())
     }
@@ -263,6 +276,23 @@ impl Cloud for FakeCloud {
         if decrement {
             g.desired -= 1;
         }
+        if decrement {
+            st.deltas.entry(name.clone()).or_default().1 += 1;
+        }
+        if !name.contains("spot") {
+            let unhealthy: Vec<String> = st
+                .groups
+                .values()
+                .filter(|g| g.name.contains("spot") && g.serving_count() != g.desired)
+                .map(|g| g.name.clone())
+                .collect();
+            if !unhealthy.is_empty() {
+                st.unsafe_terminations.push(format!(
+                    "{instance} while {} unhealthy",
+                    unhealthy.join(",")
+                ));
+            }
+        }
         Self::reconcile(&mut st, &name);
         Ok(())
     }
@@ -292,6 +322,8 @@ pub struct FakeCluster {
     /// Drains report the pods as blocked by this PDB while set.
     pub drain_blocked: Mutex<Option<String>>,
     pub fail_next_drain: Mutex<Option<ClusterError>>,
+    /// Pods whose node vanished under them without a drain (invariant 5).
+    pub lost_pods: Mutex<u32>,
 }
 
 pub fn node_for(instance: &str, capacity_type: CapacityType) -> Node {
@@ -347,6 +379,7 @@ impl FakeCluster {
         for p in snap.pods.iter_mut() {
             if p.node.as_ref().is_some_and(|n| gone.contains(n)) {
                 p.node = None;
+                *self.lost_pods.lock().unwrap() += 1;
             }
         }
         for (id, ct) in live {

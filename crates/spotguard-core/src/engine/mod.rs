@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::config::{CapacityRebalancePolicy, Config, GroupPair};
 use crate::events::{Check, Discard, Event, Observer};
-use crate::ledger::{Entry, EntryKind, EntryState, Intent, Ledger};
+use crate::ledger::{Entry, EntryKind, EntryState, Intent, Ledger, Payback};
 use crate::model::{ActivityStatus, ClusterSnapshot, Group, InstanceId};
 use crate::notice::{Notice, NoticeKind};
 use crate::ports::{
@@ -398,7 +398,7 @@ where
     /// Lowers `group` by one under its lock, never below its minimum and only while an
     /// unfilled slot exists (desired above the instances it has), so no running instance is
     /// picked by the group's termination policy.
-    async fn lower_unfilled(&self, group: &str) -> Result<bool, Error> {
+    async fn lower_unfilled(&self, group: &str, entry: &str) -> Result<bool, Error> {
         self.locked(group, async {
             let g = self.describe(group).await?;
             let live = g
@@ -407,6 +407,8 @@ where
                 .filter(|i| !i.lifecycle.is_leaving())
                 .count() as u32;
             if g.desired > g.min && g.desired > live {
+                self.record_payback(entry, Payback::Lower { from: g.desired })
+                    .await?;
                 self.cloud
                     .set_desired_capacity(group, g.desired - 1)
                     .await?;
@@ -591,10 +593,20 @@ where
         let replacement = if drain_only {
             Replacement::NotAttempted
         } else {
-            let spot_result = match self
-                .raise(EntryKind::Prescale, &pair.spot, &pair, instance)
-                .await
-            {
+            // A pre-scale already made for this instance (an earlier notice whose payback
+            // failed) is resumed, never made twice.
+            let raised = match self.open_prescale(instance, &spot).await? {
+                Some((raised, Some(ready))) => {
+                    prescale = Some(raised.entry);
+                    Err(Ok(ready))
+                }
+                Some((raised, None)) => Ok(raised),
+                None => self
+                    .raise(EntryKind::Prescale, &pair.spot, &pair, instance)
+                    .await
+                    .map_err(Err),
+            };
+            let spot_result = match raised {
                 Ok(raised) => {
                     prescale = Some(raised.entry.clone());
                     match self
@@ -606,7 +618,8 @@ where
                         Err(e) => Err(WaitEnd::Failed(e.to_string())),
                     }
                 }
-                Err(e) => Err(WaitEnd::Failed(e.to_string())),
+                Err(Ok(ready)) => Ok(ready),
+                Err(Err(e)) => Err(WaitEnd::Failed(e.to_string())),
             };
             match spot_result {
                 Ok(new) => Replacement::Spot { instance: new },
@@ -679,6 +692,37 @@ where
             self.unprotect(&node).await;
         }
         Ok(result)
+    }
+
+    /// An open pre-scale for this at-risk instance, with its replacement when that is already
+    /// InService in the group.
+    async fn open_prescale(
+        &self,
+        at_risk: &str,
+        spot: &Group,
+    ) -> Result<Option<(Raised, Option<InstanceId>)>, Error> {
+        let ledger = self.store.load().await?.value;
+        let found = ledger
+            .open()
+            .find(|e| {
+                e.kind == EntryKind::Prescale
+                    && e.at_risk_instance == at_risk
+                    && e.state != EntryState::Pending
+            })
+            .map(|e| {
+                let ready = e
+                    .instance
+                    .clone()
+                    .filter(|i| spot.instances.iter().any(|x| &x.id == i && x.is_serving()));
+                (
+                    Raised {
+                        entry: e.id.clone(),
+                        instances_before: e.instances_before.clone(),
+                    },
+                    ready,
+                )
+            });
+        Ok(found)
     }
 
     /// Spot failed: raise the on-demand group, wait, and record the fallback.
@@ -845,11 +889,18 @@ where
         let g = self.describe(spot_group).await?;
         let how = if g.holds(at_risk) {
             let decrement = g.desired > g.min;
+            self.record_payback(
+                entry,
+                Payback::Terminate {
+                    instance: at_risk.to_string(),
+                },
+            )
+            .await?;
             match self.cloud.terminate_instance(at_risk, decrement).await {
                 Ok(()) if decrement => format!("terminated {at_risk} with decrement"),
                 Ok(()) => format!("terminated {at_risk} without decrement (group at its minimum)"),
                 Err(CloudError::UnknownInstance { .. }) => {
-                    self.lower_or_note(spot_group, at_risk).await?
+                    self.lower_or_note(spot_group, at_risk, entry).await?
                 }
                 Err(e) => {
                     self.emit(Event::Error {
@@ -860,7 +911,7 @@ where
                 }
             }
         } else {
-            self.lower_or_note(spot_group, at_risk).await?
+            self.lower_or_note(spot_group, at_risk, entry).await?
         };
         self.transition(entry, EntryState::Released, &how).await?;
         self.emit(Event::PaidBack {
@@ -871,8 +922,43 @@ where
         Ok(true)
     }
 
-    async fn lower_or_note(&self, group: &str, at_risk: &str) -> Result<String, Error> {
-        Ok(if self.lower_unfilled(group).await? {
+    /// Records a payback call before it is made (state `Draining`): if its outcome is lost
+    /// (crash, failed save), settlement sees from the group that it took effect.
+    async fn record_payback(&self, entry: &str, payback: Payback) -> Result<(), Error> {
+        let now = self.clock.now();
+        self.update_ledger(|l| {
+            if let Some(e) = l.get_mut(entry) {
+                e.note = format!("paying back: {payback:?}");
+                e.payback = Some(payback.clone());
+                e.state = EntryState::Draining;
+                e.updated_at = now;
+            }
+        })
+        .await
+    }
+
+    /// Releases an entry whose recorded payback the group shows as done.
+    async fn settle_recorded_payback(&self, entry: &Entry, group: &Group) -> Result<bool, Error> {
+        let Some(payback) = entry.payback.as_ref().filter(|p| p.is_done(group)) else {
+            return Ok(false);
+        };
+        let note = format!("{payback:?} took effect before its outcome was recorded; paid back");
+        self.transition(&entry.id, EntryState::Released, &note)
+            .await?;
+        self.emit(Event::EntrySettled {
+            entry: entry.id.clone(),
+            note,
+        });
+        Ok(true)
+    }
+
+    async fn lower_or_note(
+        &self,
+        group: &str,
+        at_risk: &str,
+        entry: &str,
+    ) -> Result<String, Error> {
+        Ok(if self.lower_unfilled(group, entry).await? {
             format!("{at_risk} already gone; lowered desired capacity by one")
         } else {
             format!("{at_risk} already gone and no unfilled slot left to lower")
@@ -881,7 +967,7 @@ where
 
     /// Abandoning a pre-scale that delivered nothing: lower the unfilled slot.
     async fn give_back_unfilled(&self, entry: &str, group: &str) -> Result<(), Error> {
-        let how = if self.lower_unfilled(group).await? {
+        let how = if self.lower_unfilled(group, entry).await? {
             "pre-scale delivered nothing; lowered desired capacity by one".to_string()
         } else {
             "pre-scale delivered nothing and no unfilled slot is left".to_string()
@@ -1211,7 +1297,10 @@ where
         }
         let age = now.duration_since(entry.created_at).unwrap_or_default();
         if age >= self.config.timings.stale_after {
-            let note = if self.lower_unfilled(&od.name).await? {
+            if self.settle_recorded_payback(entry, od).await? {
+                return Ok(());
+            }
+            let note = if self.lower_unfilled(&od.name, &entry.id).await? {
                 "no instance ever came; lowered desired capacity by the unfilled slot"
             } else {
                 "no instance ever came and no unfilled slot is left"
@@ -1295,6 +1384,9 @@ where
             }
             .into());
         };
+        if self.settle_recorded_payback(entry, spot).await? {
+            return Ok(());
+        }
         if spot.holds(&entry.at_risk_instance) {
             // Resume: the at-risk node is still there; drain it (the replacement was asked
             // for long ago), then pay back.
@@ -1364,5 +1456,7 @@ where
 
 #[cfg(test)]
 mod fakes;
+#[cfg(test)]
+mod proptests;
 #[cfg(test)]
 mod tests;

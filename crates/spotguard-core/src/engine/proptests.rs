@@ -1,0 +1,289 @@
+//! Property tests: random sequences of notices (alone and concurrent), spot outages, API and
+//! store failures, monitor ticks and restarts against the in-memory fakes. After every step
+//! the invariants of DESIGN.md hold; at the end, with faults cleared and spot back, the system
+//! converges to exactly the capacity it started with.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::executor::block_on;
+use futures::future::join_all;
+use proptest::prelude::*;
+
+use super::fakes::*;
+use super::*;
+use crate::events::Recorder;
+use crate::lock::LocalScaleLock;
+
+const SPOT_BASE: u32 = 4;
+const SPOT_MIN: u32 = 2;
+const OD_MAX: u32 = 3;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Notice { idx: usize, interruption: bool },
+    Concurrent { a: usize, b: usize },
+    SpotOutage(bool),
+    FailNext(&'static str),
+    FailSave,
+    Tick { secs: u64 },
+    Restart,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (0..8usize, any::<bool>()).prop_map(|(idx, interruption)| Op::Notice { idx, interruption }),
+        1 => (0..8usize, 0..8usize).prop_map(|(a, b)| Op::Concurrent { a, b }),
+        2 => any::<bool>().prop_map(Op::SpotOutage),
+        1 => prop_oneof![
+            Just("describe"),
+            Just("set_desired"),
+            Just("terminate"),
+            Just("activities")
+        ]
+        .prop_map(Op::FailNext),
+        1 => Just(Op::FailSave),
+        3 => (10..400u64).prop_map(|secs| Op::Tick { secs }),
+        1 => Just(Op::Restart),
+    ]
+}
+
+struct Sim {
+    cloud: FakeCloud,
+    cluster: FakeCluster,
+    clock: TestClock,
+    store: MemStore,
+    events: Arc<Recorder>,
+}
+
+type SimEngine<'a> =
+    Engine<&'a FakeCloud, &'a FakeCluster, &'a TestClock, &'a MemStore, &'a LocalScaleLock>;
+
+impl Sim {
+    fn new() -> Self {
+        let cloud = FakeCloud::new(&[("web-spot", SPOT_BASE, 20), ("web-od", 0, OD_MAX)]);
+        cloud.st().groups.get_mut("web-spot").unwrap().min = SPOT_MIN;
+        let cluster = FakeCluster::default();
+        cluster.sync_nodes(&cloud);
+        for i in 0..SPOT_BASE {
+            cluster.add_pod(&format!("web-{i}"), &format!("node-i-web-spot-{i}"), 300);
+        }
+        Self {
+            cloud,
+            cluster,
+            clock: TestClock::default(),
+            store: MemStore::default(),
+            events: Arc::new(Recorder::default()),
+        }
+    }
+
+    fn engine<'a>(&'a self, lock: &'a LocalScaleLock) -> SimEngine<'a> {
+        let mut config = test_config();
+        config.timings.scale_up_timeout = Duration::from_secs(120);
+        config.timings.stability = Duration::from_secs(120);
+        config.drain.timeout = Duration::from_secs(60);
+        Engine::new(
+            config,
+            &self.cloud,
+            &self.cluster,
+            &self.clock,
+            &self.store,
+            lock,
+        )
+        .with_observer(self.events.clone())
+    }
+
+    fn spot_instance(&self, idx: usize) -> Option<String> {
+        let g = self.cloud.group("web-spot");
+        (!g.instances.is_empty()).then(|| g.instances[idx % g.instances.len()].id.clone())
+    }
+
+    fn notice(&self, idx: usize, interruption: bool) -> Option<Notice> {
+        let instance = self.spot_instance(idx)?;
+        let kind = if interruption {
+            NoticeKind::Interruption {
+                action: "terminate".into(),
+                deadline: self.clock.now() + Duration::from_secs(120),
+            }
+        } else {
+            NoticeKind::Rebalance
+        };
+        Some(Notice {
+            instance_id: instance,
+            kind,
+            notice_time: self.clock.now(),
+        })
+    }
+
+    /// The world moves on: time passes, kubelets register and lose nodes.
+    fn pass(&self, secs: u64) {
+        self.clock.advance(Duration::from_secs(secs));
+        self.cloud.set_now(self.clock.now());
+        self.cluster.sync_nodes(&self.cloud);
+    }
+
+    fn open(&self, kind: EntryKind) -> u32 {
+        self.store
+            .ledger()
+            .open()
+            .filter(|e| e.kind == kind)
+            .count() as u32
+    }
+
+    fn spot_scale_ups_reported(&self) -> u32 {
+        self.events
+            .events()
+            .iter()
+            .filter(|(_, e)| matches!(e, Event::ScaledUp { group, .. } if group == "web-spot"))
+            .count() as u32
+    }
+
+    /// Invariants that hold after every step.
+    fn check_step(&self) -> Result<(), TestCaseError> {
+        let st = self.cloud.st();
+        let spot = st.groups["web-spot"].clone();
+        let od = st.groups["web-od"].clone();
+        let (spot_up, spot_down) = st.deltas.get("web-spot").copied().unwrap_or_default();
+        let (od_up, od_down) = st.deltas.get("web-od").copied().unwrap_or_default();
+        drop(st);
+        // 4: never below the minimum, never more given back than taken.
+        prop_assert!(spot.desired >= SPOT_MIN, "spot below min: {}", spot.desired);
+        prop_assert!(
+            spot_down <= spot_up,
+            "spot double decrement: up {spot_up} down {spot_down}"
+        );
+        prop_assert!(
+            od_down <= od_up,
+            "on-demand double decrement: up {od_up} down {od_down}"
+        );
+        // 3: every unit above the baseline is held by an open ledger entry.
+        prop_assert!(
+            od.desired <= self.open(EntryKind::Fallback),
+            "on-demand leak: desired {} with {} open fallbacks",
+            od.desired,
+            self.open(EntryKind::Fallback)
+        );
+        prop_assert!(
+            spot.desired <= SPOT_BASE + self.open(EntryKind::Prescale),
+            "spot leak: desired {} with {} open pre-scales",
+            spot.desired,
+            self.open(EntryKind::Prescale)
+        );
+        // 1: every reported spot scale-up is a real +1 (none lost to a race).
+        prop_assert_eq!(
+            spot_up,
+            self.spot_scale_ups_reported(),
+            "lost or phantom spot update"
+        );
+        // 5: no fallback removed while spot was unhealthy; no pod lost its node undrained.
+        let unsafe_terms = self.cloud.st().unsafe_terminations.clone();
+        prop_assert!(
+            unsafe_terms.is_empty(),
+            "unsafe scale-down: {unsafe_terms:?}"
+        );
+        let lost = *self.cluster.lost_pods.lock().unwrap();
+        prop_assert_eq!(lost, 0, "pods lost without a drain");
+        Ok(())
+    }
+}
+
+fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let sim = Sim::new();
+    let lock = LocalScaleLock::default();
+    let mut engine = sim.engine(&lock);
+    for op in ops {
+        match op {
+            Op::Notice { idx, interruption } => {
+                if let Some(n) = sim.notice(idx, interruption) {
+                    let _ = block_on(engine.handle_rebalance(&n));
+                }
+            }
+            Op::Concurrent { a, b } => {
+                let notices: Vec<Notice> = [a, b]
+                    .iter()
+                    .filter_map(|&i| sim.notice(i, false))
+                    .collect();
+                let _ = block_on(join_all(notices.iter().map(|n| engine.handle_rebalance(n))));
+            }
+            Op::SpotOutage(on) => {
+                sim.cloud.st().spot_outage = on;
+                if !on {
+                    sim.cloud.reconcile_all();
+                }
+            }
+            Op::FailNext(op) => {
+                sim.cloud.st().fail_next.insert(
+                    op,
+                    CloudError::Api {
+                        operation: op.into(),
+                        target: "web".into(),
+                        message: "injected".into(),
+                        retryable: false,
+                    },
+                );
+            }
+            Op::FailSave => *sim.store.fail_saves.lock().unwrap() = 1,
+            Op::Tick { secs } => {
+                sim.pass(secs);
+                let _ = block_on(engine.monitor_tick());
+            }
+            Op::Restart => {
+                engine = sim.engine(&lock);
+                let _ = block_on(engine.recover());
+            }
+        }
+        sim.pass(1);
+        sim.check_step()?;
+    }
+
+    // Convergence: faults cleared, spot back; the monitor settles everything.
+    sim.cloud.st().fail_next.clear();
+    *sim.store.fail_saves.lock().unwrap() = 0;
+    sim.cloud.st().spot_outage = false;
+    sim.cloud.reconcile_all();
+    engine = sim.engine(&lock);
+    block_on(engine.recover()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    for _ in 0..80 {
+        sim.pass(30);
+        block_on(engine.monitor_tick()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        sim.check_step()?;
+    }
+    let open: Vec<_> = sim.store.ledger().open().cloned().collect();
+    prop_assert!(open.is_empty(), "entries left open: {open:#?}");
+    prop_assert_eq!(
+        sim.cloud.group("web-od").desired,
+        0,
+        "on-demand not given back"
+    );
+    prop_assert_eq!(
+        sim.cloud.group("web-spot").desired,
+        SPOT_BASE,
+        "spot not back to base"
+    );
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: std::env::var("SPOTGUARD_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(192), ..ProptestConfig::default() })]
+
+    #[test]
+    fn invariants_hold_over_random_histories(ops in proptest::collection::vec(op(), 1..24)) {
+        run(ops)?;
+    }
+}
+
+#[test]
+fn a_fallback_history_converges() {
+    run(vec![
+        Op::SpotOutage(true),
+        Op::Notice {
+            idx: 1,
+            interruption: false,
+        },
+        Op::Tick { secs: 60 },
+        Op::Restart,
+        Op::SpotOutage(false),
+        Op::Tick { secs: 300 },
+    ])
+    .unwrap();
+}
