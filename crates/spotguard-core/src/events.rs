@@ -12,11 +12,11 @@ use crate::predicates::Verdict;
 /// Which predicate a verdict comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Check {
-    /// [`crate::predicates::health`].
+    /// [`health()`](crate::predicates::health()).
     Health,
-    /// [`crate::predicates::stability`].
+    /// [`stability()`](crate::predicates::stability()).
     Stability,
-    /// [`crate::predicates::safety`].
+    /// [`safety()`](crate::predicates::safety()).
     Safety,
 }
 

@@ -2,8 +2,8 @@
 //! [`Verdict`] with [`Reason`]s, never a bare bool. The reasons are what an operator reads in
 //! logs and events, and what tests assert.
 //!
-//! The monitor asks them in order for each fallback entry: [`health`] of the spot group,
-//! then its [`stability`], then the [`safety`] of removing the on-demand node.
+//! The monitor asks them in order for each fallback entry: [`health()`] of the spot group,
+//! then its [`stability()`], then the [`safety()`] of removing the on-demand node.
 
 use std::fmt;
 use std::time::{Duration, SystemTime};
