@@ -8,6 +8,8 @@
 
 use std::collections::HashMap;
 
+use rustc_hash::FxHashMap;
+
 use super::{Reason, Verdict};
 use crate::config::Config;
 use crate::model::{ClusterSnapshot, Node, OwnerKind, Pdb, Pod, Resources, TaintEffect};
@@ -17,14 +19,17 @@ use crate::model::{ClusterSnapshot, Node, OwnerKind, Pdb, Pod, Resources, TaintE
 pub struct SafetyIndex<'a> {
     config: &'a Config,
     nodes: Vec<&'a Node>,
-    by_instance: HashMap<&'a str, usize>,
+    by_instance: FxHashMap<&'a str, usize>,
     /// Free resources of each node (allocatable minus requests of its live pods).
     free: Vec<Resources>,
     /// Whether a node takes new pods: Ready, not cordoned, not being drained by Spot Guard.
     target: Vec<bool>,
     /// Whether a node has a NoSchedule/NoExecute taint (otherwise the taint check is skipped).
     hard_tainted: Vec<bool>,
-    pods_by_node: Vec<Vec<&'a Pod>>,
+    pods: &'a [Pod],
+    /// Indexes into `pods` of node `i`'s pods: `grouped[starts[i]..starts[i + 1]]`.
+    grouped: Vec<u32>,
+    starts: Vec<u32>,
     pdbs_by_namespace: HashMap<&'a str, Vec<&'a Pdb>>,
     /// Free and allocatable totals over target nodes.
     target_free: Resources,
@@ -52,22 +57,42 @@ impl<'a> SafetyIndex<'a> {
     /// Indexes the snapshot: one pass over nodes, pods and PDBs.
     pub fn new(cluster: &'a ClusterSnapshot, config: &'a Config) -> Self {
         let nodes: Vec<&Node> = cluster.nodes.iter().collect();
-        let by_name: HashMap<&str, usize> = nodes
+        let by_name: FxHashMap<&str, u32> = nodes
             .iter()
             .enumerate()
-            .map(|(i, n)| (n.name.as_str(), i))
+            .map(|(i, n)| (n.name.as_str(), i as u32))
             .collect();
         let by_instance = nodes
             .iter()
             .enumerate()
             .filter_map(|(i, n)| n.instance_id.as_deref().map(|id| (id, i)))
             .collect();
+        // Pods grouped by node in one flat array (counting sort), usage summed on the way.
         let mut used = vec![Resources::default(); nodes.len()];
-        let mut pods_by_node = vec![Vec::new(); nodes.len()];
-        for pod in cluster.pods.iter().filter(|p| !p.terminal) {
-            if let Some(&i) = pod.node.as_deref().and_then(|n| by_name.get(n)) {
-                used[i] = used[i].add(&pod.requests);
-                pods_by_node[i].push(pod);
+        let mut starts = vec![0u32; nodes.len() + 1];
+        let placement: Vec<u32> = cluster
+            .pods
+            .iter()
+            .map(
+                |pod| match pod.node.as_deref().and_then(|n| by_name.get(n)) {
+                    Some(&i) if !pod.terminal => {
+                        used[i as usize] = used[i as usize].add(&pod.requests);
+                        starts[i as usize + 1] += 1;
+                        i
+                    }
+                    _ => u32::MAX,
+                },
+            )
+            .collect();
+        for i in 0..nodes.len() {
+            starts[i + 1] += starts[i];
+        }
+        let mut fill = starts.clone();
+        let mut grouped = vec![0u32; starts[nodes.len()] as usize];
+        for (k, &i) in placement.iter().enumerate() {
+            if i != u32::MAX {
+                grouped[fill[i as usize] as usize] = k as u32;
+                fill[i as usize] += 1;
             }
         }
         let free: Vec<Resources> = nodes
@@ -106,7 +131,9 @@ impl<'a> SafetyIndex<'a> {
             free,
             target,
             hard_tainted,
-            pods_by_node,
+            pods: &cluster.pods,
+            grouped,
+            starts,
             pdbs_by_namespace,
             target_free,
             target_alloc,
@@ -128,9 +155,10 @@ impl<'a> SafetyIndex<'a> {
         };
         let drain = &self.config.drain;
         let mut reasons = Vec::new();
-        let evictable: Vec<&Pod> = self.pods_by_node[c]
+        let evictable: Vec<&Pod> = self.grouped
+            [self.starts[c] as usize..self.starts[c + 1] as usize]
             .iter()
-            .copied()
+            .map(|&k| &self.pods[k as usize])
             .filter(|p| p.is_evictable())
             .collect();
 
