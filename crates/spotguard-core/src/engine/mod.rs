@@ -146,6 +146,9 @@ pub struct TickReport {
 #[derive(Debug, Default)]
 struct State {
     in_flight: HashSet<InstanceId>,
+    /// Interruption times learned from notices merged into a running action: its waits end
+    /// in time for the drain, as if the first notice had carried them.
+    deadlines: HashMap<InstanceId, SystemTime>,
     healthy_since: HashMap<String, SystemTime>,
 }
 
@@ -430,17 +433,21 @@ where
         raised: &Raised,
         since: SystemTime,
         latest: Option<SystemTime>,
+        at_risk: &str,
     ) -> Result<Result<InstanceId, WaitEnd>, Error> {
         let start = self.clock.now();
-        let mut until = start + self.config.timings.scale_up_timeout;
-        if let Some(latest) = latest {
-            until = until.min(latest);
-        }
-        if start >= until {
+        let timeout = start + self.config.timings.scale_up_timeout;
+        // Re-read every poll: an interruption notice may arrive while this wait runs.
+        let until = || match self.wait_cap(at_risk, latest) {
+            Some(cap) => timeout.min(cap),
+            None => timeout,
+        };
+        if start >= until() {
             return Ok(Err(WaitEnd::NoTime));
         }
         loop {
             let now = self.clock.now();
+            let until = until();
             if now >= until {
                 return Ok(Err(WaitEnd::TimedOut(
                     now.duration_since(start).unwrap_or_default(),
@@ -506,6 +513,21 @@ where
         .await
     }
 
+    /// When a wait for `at_risk`'s replacement must end: the notice's own cap, or the
+    /// drain window before an interruption learned since, whichever is earlier.
+    fn wait_cap(&self, at_risk: &str, latest: Option<SystemTime>) -> Option<SystemTime> {
+        let window = self.config.timings.interruption_drain_window;
+        let learned = self
+            .state()
+            .deadlines
+            .get(at_risk)
+            .map(|d| d.checked_sub(window).unwrap_or(*d));
+        match (latest, learned) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     // ----- phase 1 ------------------------------------------------------------------------
 
     /// Phase 1: acts on a rebalance recommendation or interruption notice.
@@ -523,11 +545,20 @@ where
             },
         });
         if !self.state().in_flight.insert(instance.clone()) {
+            if let Some(deadline) = notice.deadline() {
+                let mut state = self.state();
+                let known = state.deadlines.entry(instance.clone()).or_insert(deadline);
+                *known = (*known).min(deadline);
+            }
             self.emit(Event::NoticeCoalesced { instance });
             return Ok(RebalanceOutcome::Coalesced);
         }
         let result = self.rebalance(notice).await;
-        self.state().in_flight.remove(&instance);
+        {
+            let mut state = self.state();
+            state.in_flight.remove(&instance);
+            state.deadlines.remove(&instance);
+        }
         if let Err(e) = &result {
             self.emit(Event::NoticeRejected {
                 instance,
@@ -610,7 +641,7 @@ where
                 Ok(raised) => {
                     prescale = Some(raised.entry.clone());
                     match self
-                        .wait_for_instance(&pair.spot, &raised, start, latest)
+                        .wait_for_instance(&pair.spot, &raised, start, latest, instance)
                         .await
                     {
                         Ok(Ok(new)) => Ok(new),
@@ -646,7 +677,8 @@ where
         };
         let protected = self.protect(&replacement, &snapshot).await;
 
-        let interruption = notice.deadline().is_some();
+        let interruption =
+            notice.deadline().is_some() || self.state().deadlines.contains_key(instance);
         let result = match &replacement {
             Replacement::None { reason } if !interruption => {
                 // Continue with the existing node: give the pre-scale back, remove the taint.
@@ -752,7 +784,7 @@ where
             group: pair.on_demand.clone(),
         });
         let waited = self
-            .wait_for_instance(&pair.on_demand, &raised, start, latest)
+            .wait_for_instance(&pair.on_demand, &raised, start, latest, at_risk)
             .await;
         match waited {
             Ok(Ok(instance)) => Replacement::OnDemand {
