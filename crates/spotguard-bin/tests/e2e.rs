@@ -1,0 +1,224 @@
+//! End to end: the real `spotguard` binary, as an agent process and a controller process,
+//! against moto (through the fault proxy), a local IMDS and the Kubernetes API server fake.
+//!
+//! A rebalance notice while spot launches fail leads to a spot scale-up, a fallback to
+//! on-demand recorded in the ledger, and a taint and drain of the at-risk node; once spot is
+//! healthy and stable the controller drains the on-demand node and decrements the on-demand
+//! group. The end state is read back with the real `aws` CLI against moto and the real
+//! `kubectl` against the API server, the metrics and Events are checked, and both processes
+//! shut down gracefully on SIGTERM.
+#![cfg(feature = "daemon")]
+
+mod harness;
+
+use std::time::Duration;
+
+use harness::{node_name, reach_fallback, standard_groups, World, NAMESPACE, ON_DEMAND, SPOT};
+use serde_json::Value;
+use spotguard_aws::testing::ImdsServer;
+use spotguard_core::ledger::{EntryKind, EntryState, Ledger};
+
+fn ledger_from(configmap: &Value) -> Ledger {
+    let text = configmap["data"]["ledger.json"]
+        .as_str()
+        .expect("the ledger ConfigMap holds ledger.json");
+    serde_json::from_str(text).expect("ledger JSON")
+}
+
+fn has_taint(node: &Value, key: &str) -> bool {
+    node["spec"]["taints"]
+        .as_array()
+        .is_some_and(|t| t.iter().any(|t| t["key"] == key))
+}
+
+fn instances_of(group: &Value) -> Vec<String> {
+    group["Instances"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["InstanceId"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalance_falls_back_to_on_demand_and_the_controller_gives_it_back() {
+    let world = World::start(&standard_groups()).await;
+    let at_risk = world.instances(SPOT).await.into_iter().next().unwrap();
+    let baseline = world.instances(ON_DEMAND).await.into_iter().next().unwrap();
+    let at_risk_node = node_name(&at_risk);
+    world.add_pods("web", &at_risk_node, 3);
+    let imds = ImdsServer::start(&at_risk).await;
+    world.config("");
+    let mut agent = world.spawn("agent", "agent", Some(&imds), &["--node-name", &at_risk_node]);
+    let mut controller = world.spawn("controller", "controller", None, &[]);
+    agent.wait_ready(Duration::from_secs(60)).await;
+    controller.wait_ready(Duration::from_secs(60)).await;
+    assert_eq!(
+        world.proxy.received("SetDesiredCapacity"),
+        0,
+        "nothing scales before a notice"
+    );
+
+    // Phase 1: spot scale-up, failed launch, on-demand fallback, taint and drain.
+    let fallback = reach_fallback(&world, &imds, &at_risk).await;
+    let node = world.kubectl_json(&["get", "node", &at_risk_node]).await;
+    assert!(
+        has_taint(&node, "spotguard.dev/draining"),
+        "at-risk node tainted: {node}"
+    );
+    let pods = world
+        .kubectl_json(&[
+            "get",
+            "pods",
+            "-A",
+            "--field-selector",
+            &format!("spec.nodeName={at_risk_node}"),
+        ])
+        .await;
+    assert_eq!(
+        pods["items"].as_array().map(Vec::len),
+        Some(0),
+        "at-risk node drained: {pods}"
+    );
+    let ledger = ledger_from(
+        &world
+            .kubectl_json(&["get", "configmap", "spotguard-ledger", "-n", NAMESPACE])
+            .await,
+    );
+    let entry = ledger.get(&fallback.entry).expect("fallback entry");
+    assert_eq!(entry.state, EntryState::Active, "{entry:?}");
+    assert_eq!(entry.group, ON_DEMAND);
+    assert!(
+        ledger
+            .entries
+            .iter()
+            .any(|e| e.kind == EntryKind::Prescale && e.state == EntryState::Released),
+        "the spot pre-scale was paid back: {ledger:?}"
+    );
+
+    // Spot still launches nothing: the on-demand capacity stays.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(world.group(ON_DEMAND).await.desired, 2);
+    assert!(world.group(ON_DEMAND).await.holds(&fallback.on_demand));
+
+    // Spot capacity is back: the controller drains and removes the on-demand node.
+    world.proxy.clear();
+    world
+        .group_until(
+            ON_DEMAND,
+            "the on-demand fallback given back",
+            Duration::from_secs(90),
+            |g| g.desired == 1 && !g.holds(&fallback.on_demand),
+        )
+        .await;
+    world
+        .eventually(
+            "the ledger entry released",
+            Duration::from_secs(30),
+            || {
+                world
+                    .ledger()
+                    .get(&fallback.entry)
+                    .is_some_and(|e| e.state == EntryState::Released)
+            },
+        )
+        .await;
+
+    // The state, as the real CLIs see it.
+    let od = world.aws_group(ON_DEMAND).await;
+    assert_eq!(od["DesiredCapacity"], 1, "{od}");
+    assert_eq!(instances_of(&od), vec![baseline.clone()], "{od}");
+    let spot = world.aws_group(SPOT).await;
+    assert_eq!(spot["DesiredCapacity"], 3, "{spot}");
+    assert!(!instances_of(&spot).contains(&at_risk), "{spot}");
+    let od_node = world
+        .kubectl_json(&["get", "node", &node_name(&fallback.on_demand)])
+        .await;
+    assert_eq!(od_node["spec"]["unschedulable"], true, "{od_node}");
+    assert!(has_taint(&od_node, "spotguard.dev/draining"), "{od_node}");
+    let ledger = ledger_from(
+        &world
+            .kubectl_json(&["get", "configmap", "spotguard-ledger", "-n", NAMESPACE])
+            .await,
+    );
+    let entry = ledger.get(&fallback.entry).unwrap();
+    assert!(
+        entry.note.contains(&format!("terminated {} with decrement", fallback.on_demand)),
+        "{entry:?}"
+    );
+    assert_eq!(
+        world.proxy.forwarded("TerminateInstanceInAutoScalingGroup"),
+        2,
+        "one termination pays the pre-scale back, one gives the fallback back"
+    );
+
+    // Metrics of both roles.
+    let agent_metrics = agent.metrics().await;
+    for needle in [
+        "spotguard_notices_total{kind=\"rebalance\"} 1",
+        "spotguard_scale_ups_total{group=\"web-spot\",outcome=\"raised\"} 1",
+        "spotguard_scale_ups_total{group=\"web-spot\",outcome=\"failed\"} 1",
+        "spotguard_scale_ups_total{group=\"web-od\",outcome=\"raised\"} 1",
+        "spotguard_fallbacks_total{group=\"web-od\"} 1",
+        "spotguard_prescale_paybacks_total{group=\"web-spot\"} 1",
+        "spotguard_drain_duration_seconds_count{outcome=\"complete\"} 1",
+        "spotguard_api_calls_total{service=\"autoscaling\",operation=\"SetDesiredCapacity\"} 2",
+        "spotguard_api_calls_total{service=\"imds\",operation=\"poll\"}",
+    ] {
+        assert!(agent_metrics.contains(needle), "agent: {needle} missing from\n{agent_metrics}");
+    }
+    let controller_metrics = controller.metrics().await;
+    for needle in [
+        "spotguard_scale_downs_total{group=\"web-od\"} 1",
+        "spotguard_leader 1",
+        "spotguard_verdicts_total{check=\"safety\",verdict=\"go\"}",
+        "spotguard_wait_reasons_total{check=\"health\",reason=\"CapacityMismatch\"}",
+        "spotguard_ledger_entries{state=\"released\"} 2",
+        "spotguard_api_calls_total{service=\"kubernetes\",operation=\"drain node\"}",
+    ] {
+        assert!(
+            controller_metrics.contains(needle),
+            "controller: {needle} missing from\n{controller_metrics}"
+        );
+    }
+
+    // Kubernetes Events on the nodes concerned.
+    let events = world.fake.list("events.k8s.io", "events", None);
+    let reasons: Vec<(String, String)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["regarding"]["name"].as_str().unwrap_or_default().to_string(),
+                e["reason"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    for (node, reason) in [
+        (at_risk_node.as_str(), "SpotGuardNotice"),
+        (at_risk_node.as_str(), "SpotGuardTainted"),
+        (at_risk_node.as_str(), "SpotGuardDrained"),
+        (node_name(&fallback.on_demand).as_str(), "SpotGuardScaleDown"),
+    ] {
+        assert!(
+            reasons.iter().any(|(n, r)| n == node && r == reason),
+            "no {reason} event on {node}: {reasons:?}"
+        );
+    }
+
+    // Graceful shutdown: exit 0, leader lease released.
+    controller.terminate();
+    agent.terminate();
+    let status = controller.wait_exit(Duration::from_secs(30)).await;
+    assert!(status.success(), "controller: {status}\n{}", controller.output());
+    let status = agent.wait_exit(Duration::from_secs(30)).await;
+    assert!(status.success(), "agent: {status}\n{}", agent.output());
+    let lease = world
+        .fake
+        .get("coordination.k8s.io", "leases", Some(NAMESPACE), "spotguard-controller")
+        .expect("leader lease");
+    assert!(
+        lease["spec"]["holderIdentity"].as_str().unwrap_or_default().is_empty(),
+        "leader lease released: {lease}"
+    );
+    assert!(controller.output().contains("ledger persisted"), "{}", controller.output());
+}
