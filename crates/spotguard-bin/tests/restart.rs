@@ -1,0 +1,138 @@
+//! Invariants 2 to 4 across a crash: the controller is killed (SIGKILL) in the middle of a
+//! scale-down, between the fallback scale-up and the ledger release, while a
+//! PodDisruptionBudget holds the drain. A restarted controller takes the leader Lease over,
+//! resumes from the ledger and completes the scale-down exactly once.
+#![cfg(feature = "daemon")]
+
+mod harness;
+
+use std::time::Duration;
+
+use harness::{node_name, reach_fallback, standard_groups, World, NAMESPACE, ON_DEMAND, SPOT};
+use serde_json::{json, Value};
+use spotguard_aws::testing::ImdsServer;
+use spotguard_core::ledger::EntryState;
+use spotguard_k8s::testing::{pdb_min_available, PodBuilder};
+
+fn db_pod(name: &str, node: &str) -> Value {
+    PodBuilder::new("shop", name, node)
+        .owned_by("StatefulSet", "db")
+        .label("app", "db")
+        .build()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_killed_mid_scale_down_is_resumed_exactly_once() {
+    let world = World::start(&standard_groups()).await;
+    let at_risk = world.instances(SPOT).await.into_iter().next().unwrap();
+    let baseline = world.instances(ON_DEMAND).await.into_iter().next().unwrap();
+    world.add_pods("web", &node_name(&at_risk), 2);
+    let imds = ImdsServer::start(&at_risk).await;
+    world.config("");
+    let mut agent = world.spawn("agent", "agent", Some(&imds), &[]);
+    let mut controller = world.spawn("controller", "controller", None, &[]);
+    agent.wait_ready(Duration::from_secs(60)).await;
+    controller.wait_ready(Duration::from_secs(60)).await;
+
+    let fallback = reach_fallback(&world, &imds, &at_risk).await;
+    let od_node = node_name(&fallback.on_demand);
+    // Two pods of a StatefulSet on the fallback node under a budget of one disruption: the
+    // drain evicts one and is held on the other (nothing recreates it).
+    world.fake.create(db_pod("db-0", &od_node));
+    world.fake.create(db_pod("db-1", &od_node));
+    world
+        .fake
+        .create(pdb_min_available("shop", "db", "db", json!(1)));
+    assert_eq!(world.proxy.forwarded("TerminateInstanceInAutoScalingGroup"), 1);
+
+    // Spot is healthy again: the controller starts removing the fallback node.
+    world.proxy.clear();
+    world
+        .eventually(
+            "the scale-down under way and held by the PDB",
+            Duration::from_secs(90),
+            || {
+                let draining = world
+                    .ledger()
+                    .get(&fallback.entry)
+                    .is_some_and(|e| e.state == EntryState::Draining);
+                let db_left = world
+                    .fake
+                    .pods_on(&od_node)
+                    .iter()
+                    .filter(|p| p["metadata"]["labels"]["app"] == "db")
+                    .count();
+                draining && db_left == 1
+            },
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    controller.kill().await;
+
+    // Killed between the scale-up and the release: nothing given back yet.
+    let od = world.group(ON_DEMAND).await;
+    assert_eq!(od.desired, 2, "{od:?}");
+    assert!(od.holds(&fallback.on_demand));
+    assert_eq!(
+        world.ledger().get(&fallback.entry).unwrap().state,
+        EntryState::Draining
+    );
+    assert_eq!(world.proxy.forwarded("TerminateInstanceInAutoScalingGroup"), 1);
+
+    // The StatefulSet brings its pod up elsewhere, so the budget allows the last eviction.
+    let spot_node = node_name(&world.instances(SPOT).await.into_iter().next().unwrap());
+    world.fake.create(db_pod("db-2", &spot_node));
+
+    let mut restarted = world.spawn("controller-2", "controller", None, &[]);
+    restarted.wait_ready(Duration::from_secs(60)).await;
+    world
+        .group_until(
+            ON_DEMAND,
+            "the fallback given back by the restarted controller",
+            Duration::from_secs(90),
+            |g| g.desired == 1 && !g.holds(&fallback.on_demand),
+        )
+        .await;
+    world
+        .eventually("the ledger entry released", Duration::from_secs(30), || {
+            world
+                .ledger()
+                .get(&fallback.entry)
+                .is_some_and(|e| e.state == EntryState::Released)
+        })
+        .await;
+    // A few more monitor ticks change nothing: exactly once.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    restarted.assert_running();
+    assert_eq!(
+        world.proxy.forwarded("TerminateInstanceInAutoScalingGroup"),
+        2,
+        "the pre-scale payback and one fallback removal, nothing more"
+    );
+    let od = world.aws_group(ON_DEMAND).await;
+    assert_eq!(od["DesiredCapacity"], 1, "{od}");
+    let ids: Vec<&str> = od["Instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["InstanceId"].as_str())
+        .collect();
+    assert_eq!(ids, [baseline.as_str()], "the baseline instance is untouched");
+    let cm = world
+        .kubectl_json(&["get", "configmap", "spotguard-ledger", "-n", NAMESPACE])
+        .await;
+    let ledger: spotguard_core::ledger::Ledger =
+        serde_json::from_str(cm["data"]["ledger.json"].as_str().unwrap()).unwrap();
+    assert_eq!(ledger.open().count(), 0, "{ledger:?}");
+    let lease = world
+        .fake
+        .get("coordination.k8s.io", "leases", Some(NAMESPACE), "spotguard-controller")
+        .unwrap();
+    assert!(
+        lease["spec"]["leaseTransitions"].as_i64().unwrap_or_default() >= 1,
+        "the restarted controller took the lease over: {lease}"
+    );
+    let output = restarted.output();
+    assert!(output.contains("leading"), "{output}");
+    agent.assert_running();
+}
