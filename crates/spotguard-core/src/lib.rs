@@ -52,3 +52,5 @@ pub mod model;
 pub mod notice;
 pub mod ports;
 pub mod predicates;
+#[cfg(feature = "sim")]
+pub mod sim;
