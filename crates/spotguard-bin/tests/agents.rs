@@ -56,7 +56,10 @@ async fn concurrent_agents_raise_the_group_once_each() {
         })
         .await;
     let after = world.group(SPOT).await.desired.max(after.desired);
-    assert_eq!(after, 4, "the group is back where it started: no scale-up was lost");
+    assert_eq!(
+        after, 4,
+        "the group is back where it started: no scale-up was lost"
+    );
     let new: Vec<String> = world
         .instances(SPOT)
         .await

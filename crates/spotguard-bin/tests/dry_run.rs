@@ -24,10 +24,18 @@ async fn dry_run_decides_and_logs_but_changes_nothing() {
         "all",
         "all",
         Some(&imds),
-        &["--dry-run", "--scale-up-timeout", "8s", "--node-name", &at_risk_node],
+        &[
+            "--dry-run",
+            "--scale-up-timeout",
+            "8s",
+            "--node-name",
+            &at_risk_node,
+        ],
     );
     daemon.wait_ready(Duration::from_secs(60)).await;
-    imds.set_rebalance(&humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string());
+    imds.set_rebalance(
+        &humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+    );
 
     // Spot is "raised" (not really) and its launch fails; on-demand is "raised" (not really)
     // and nothing comes: the action is abandoned and the taint "removed".
@@ -90,7 +98,10 @@ async fn dry_run_decides_and_logs_but_changes_nothing() {
         .fake
         .get("", "configmaps", Some(NAMESPACE), "spotguard-ledger")
         .is_none());
-    assert!(world.fake.list("coordination.k8s.io", "leases", None).is_empty());
+    assert!(world
+        .fake
+        .list("coordination.k8s.io", "leases", None)
+        .is_empty());
     assert_eq!(world.fake.pods_on(&at_risk_node).len(), 2);
 
     daemon.terminate();

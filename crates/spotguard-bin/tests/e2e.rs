@@ -49,10 +49,13 @@ async fn rebalance_falls_back_to_on_demand_and_the_controller_gives_it_back() {
     world.add_pods("web", &at_risk_node, 3);
     let imds = ImdsServer::start(&at_risk).await;
     world.config("");
-    let mut agent = world.spawn("agent", "agent", Some(&imds), &["--node-name", &at_risk_node]);
-    let mut controller = world.spawn("controller", "controller", None, &[]);
+    let mut agent = world.spawn(
+        "agent",
+        "agent",
+        Some(&imds),
+        &["--node-name", &at_risk_node],
+    );
     agent.wait_ready(Duration::from_secs(60)).await;
-    controller.wait_ready(Duration::from_secs(60)).await;
     assert_eq!(
         world.proxy.received("SetDesiredCapacity"),
         0,
@@ -61,6 +64,11 @@ async fn rebalance_falls_back_to_on_demand_and_the_controller_gives_it_back() {
 
     // Phase 1: spot scale-up, failed launch, on-demand fallback, taint and drain.
     let fallback = reach_fallback(&world, &imds, &at_risk).await;
+    // The controller starts once phase 1 has recorded its instance: a monitor running during
+    // phase 1 in another process can adopt the fallback instance phase 1 waits for (reported
+    // as a core issue).
+    let mut controller = world.spawn("controller", "controller", None, &[]);
+    controller.wait_ready(Duration::from_secs(60)).await;
     let node = world.kubectl_json(&["get", "node", &at_risk_node]).await;
     assert!(
         has_taint(&node, "spotguard.dev/draining"),
@@ -112,16 +120,12 @@ async fn rebalance_falls_back_to_on_demand_and_the_controller_gives_it_back() {
         )
         .await;
     world
-        .eventually(
-            "the ledger entry released",
-            Duration::from_secs(30),
-            || {
-                world
-                    .ledger()
-                    .get(&fallback.entry)
-                    .is_some_and(|e| e.state == EntryState::Released)
-            },
-        )
+        .eventually("the ledger entry released", Duration::from_secs(30), || {
+            world
+                .ledger()
+                .get(&fallback.entry)
+                .is_some_and(|e| e.state == EntryState::Released)
+        })
         .await;
 
     // The state, as the real CLIs see it.
@@ -143,7 +147,9 @@ async fn rebalance_falls_back_to_on_demand_and_the_controller_gives_it_back() {
     );
     let entry = ledger.get(&fallback.entry).unwrap();
     assert!(
-        entry.note.contains(&format!("terminated {} with decrement", fallback.on_demand)),
+        entry
+            .note
+            .contains(&format!("terminated {} with decrement", fallback.on_demand)),
         "{entry:?}"
     );
     assert_eq!(
@@ -165,7 +171,10 @@ async fn rebalance_falls_back_to_on_demand_and_the_controller_gives_it_back() {
         "spotguard_api_calls_total{service=\"autoscaling\",operation=\"SetDesiredCapacity\"} 2",
         "spotguard_api_calls_total{service=\"imds\",operation=\"poll\"}",
     ] {
-        assert!(agent_metrics.contains(needle), "agent: {needle} missing from\n{agent_metrics}");
+        assert!(
+            agent_metrics.contains(needle),
+            "agent: {needle} missing from\n{agent_metrics}"
+        );
     }
     let controller_metrics = controller.metrics().await;
     for needle in [
@@ -188,7 +197,10 @@ async fn rebalance_falls_back_to_on_demand_and_the_controller_gives_it_back() {
         .iter()
         .map(|e| {
             (
-                e["regarding"]["name"].as_str().unwrap_or_default().to_string(),
+                e["regarding"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
                 e["reason"].as_str().unwrap_or_default().to_string(),
             )
         })
@@ -197,7 +209,10 @@ async fn rebalance_falls_back_to_on_demand_and_the_controller_gives_it_back() {
         (at_risk_node.as_str(), "SpotGuardNotice"),
         (at_risk_node.as_str(), "SpotGuardTainted"),
         (at_risk_node.as_str(), "SpotGuardDrained"),
-        (node_name(&fallback.on_demand).as_str(), "SpotGuardScaleDown"),
+        (
+            node_name(&fallback.on_demand).as_str(),
+            "SpotGuardScaleDown",
+        ),
     ] {
         assert!(
             reasons.iter().any(|(n, r)| n == node && r == reason),
@@ -205,20 +220,62 @@ async fn rebalance_falls_back_to_on_demand_and_the_controller_gives_it_back() {
         );
     }
 
+    // Least privilege: every request the run made is allowed by the chart's RBAC, and the
+    // chart grants nothing the run did not use (but the Event series patch, which only a
+    // repeated Event needs).
+    let rbac = harness::chart::grants(&harness::chart::render(
+        &serde_json::json!({}),
+        "spotguard",
+        NAMESPACE,
+    ));
+    let mut used = std::collections::BTreeSet::new();
+    for (method, path, _) in world.fake.requests() {
+        if let Some(access) = harness::chart::access(&method, &path) {
+            assert!(
+                harness::chart::permits(&rbac, &access),
+                "{method} {path} needs {access:?}, which the chart does not grant"
+            );
+            used.insert((access.group, access.resource, access.verb));
+        }
+    }
+    let unused: Vec<_> = rbac
+        .iter()
+        .map(|g| (g.group.clone(), g.resource.clone(), g.verb.clone()))
+        .filter(|g| !used.contains(g))
+        .filter(|(group, _, verb)| !(group == "events.k8s.io" && verb == "patch"))
+        .collect();
+    assert_eq!(unused, vec![], "granted but never used");
+
     // Graceful shutdown: exit 0, leader lease released.
     controller.terminate();
     agent.terminate();
     let status = controller.wait_exit(Duration::from_secs(30)).await;
-    assert!(status.success(), "controller: {status}\n{}", controller.output());
+    assert!(
+        status.success(),
+        "controller: {status}\n{}",
+        controller.output()
+    );
     let status = agent.wait_exit(Duration::from_secs(30)).await;
     assert!(status.success(), "agent: {status}\n{}", agent.output());
     let lease = world
         .fake
-        .get("coordination.k8s.io", "leases", Some(NAMESPACE), "spotguard-controller")
+        .get(
+            "coordination.k8s.io",
+            "leases",
+            Some(NAMESPACE),
+            "spotguard-controller",
+        )
         .expect("leader lease");
     assert!(
-        lease["spec"]["holderIdentity"].as_str().unwrap_or_default().is_empty(),
+        lease["spec"]["holderIdentity"]
+            .as_str()
+            .unwrap_or_default()
+            .is_empty(),
         "leader lease released: {lease}"
     );
-    assert!(controller.output().contains("ledger persisted"), "{}", controller.output());
+    assert!(
+        controller.output().contains("ledger persisted"),
+        "{}",
+        controller.output()
+    );
 }

@@ -30,11 +30,12 @@ async fn a_controller_killed_mid_scale_down_is_resumed_exactly_once() {
     let imds = ImdsServer::start(&at_risk).await;
     world.config("");
     let mut agent = world.spawn("agent", "agent", Some(&imds), &[]);
-    let mut controller = world.spawn("controller", "controller", None, &[]);
     agent.wait_ready(Duration::from_secs(60)).await;
-    controller.wait_ready(Duration::from_secs(60)).await;
 
     let fallback = reach_fallback(&world, &imds, &at_risk).await;
+    // Started once phase 1 has recorded its instance (see the e2e test).
+    let mut controller = world.spawn("controller", "controller", None, &[]);
+    controller.wait_ready(Duration::from_secs(60)).await;
     let od_node = node_name(&fallback.on_demand);
     // Two pods of a StatefulSet on the fallback node under a budget of one disruption: the
     // drain evicts one and is held on the other (nothing recreates it).
@@ -43,7 +44,10 @@ async fn a_controller_killed_mid_scale_down_is_resumed_exactly_once() {
     world
         .fake
         .create(pdb_min_available("shop", "db", "db", json!(1)));
-    assert_eq!(world.proxy.forwarded("TerminateInstanceInAutoScalingGroup"), 1);
+    assert_eq!(
+        world.proxy.forwarded("TerminateInstanceInAutoScalingGroup"),
+        1
+    );
 
     // Spot is healthy again: the controller starts removing the fallback node.
     world.proxy.clear();
@@ -77,7 +81,10 @@ async fn a_controller_killed_mid_scale_down_is_resumed_exactly_once() {
         world.ledger().get(&fallback.entry).unwrap().state,
         EntryState::Draining
     );
-    assert_eq!(world.proxy.forwarded("TerminateInstanceInAutoScalingGroup"), 1);
+    assert_eq!(
+        world.proxy.forwarded("TerminateInstanceInAutoScalingGroup"),
+        1
+    );
 
     // The StatefulSet brings its pod up elsewhere, so the budget allows the last eviction.
     let spot_node = node_name(&world.instances(SPOT).await.into_iter().next().unwrap());
@@ -117,7 +124,11 @@ async fn a_controller_killed_mid_scale_down_is_resumed_exactly_once() {
         .iter()
         .filter_map(|i| i["InstanceId"].as_str())
         .collect();
-    assert_eq!(ids, [baseline.as_str()], "the baseline instance is untouched");
+    assert_eq!(
+        ids,
+        [baseline.as_str()],
+        "the baseline instance is untouched"
+    );
     let cm = world
         .kubectl_json(&["get", "configmap", "spotguard-ledger", "-n", NAMESPACE])
         .await;
@@ -126,10 +137,18 @@ async fn a_controller_killed_mid_scale_down_is_resumed_exactly_once() {
     assert_eq!(ledger.open().count(), 0, "{ledger:?}");
     let lease = world
         .fake
-        .get("coordination.k8s.io", "leases", Some(NAMESPACE), "spotguard-controller")
+        .get(
+            "coordination.k8s.io",
+            "leases",
+            Some(NAMESPACE),
+            "spotguard-controller",
+        )
         .unwrap();
     assert!(
-        lease["spec"]["leaseTransitions"].as_i64().unwrap_or_default() >= 1,
+        lease["spec"]["leaseTransitions"]
+            .as_i64()
+            .unwrap_or_default()
+            >= 1,
         "the restarted controller took the lease over: {lease}"
     );
     let output = restarted.output();

@@ -13,7 +13,11 @@ use spotguard_aws::testing::{free_port, ImdsServer};
 /// The one line on stderr (logs go to stdout).
 fn one_line(stderr: &str) -> &str {
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "exactly one error line on stderr:\n{stderr}");
+    assert_eq!(
+        lines.len(),
+        1,
+        "exactly one error line on stderr:\n{stderr}"
+    );
     lines[0]
 }
 
@@ -27,10 +31,7 @@ async fn bad_configuration_is_one_line_naming_the_field() {
     )
     .unwrap();
     let path = file.to_str().unwrap();
-    for args in [
-        vec!["run", "--config", path],
-        vec!["check-config", path],
-    ] {
+    for args in [vec!["run", "--config", path], vec!["check-config", path]] {
         let (status, _, stderr) = run_cli(&args, &[], dir.path()).await;
         assert_eq!(status.code(), Some(2), "{args:?}: {stderr}");
         let line = one_line(&stderr);
@@ -44,7 +45,10 @@ async fn bad_configuration_is_one_line_naming_the_field() {
     let (status, _, stderr) = run_cli(&["run", "--config", path], &[], dir.path()).await;
     assert_eq!(status.code(), Some(2));
     let line = one_line(&stderr);
-    assert!(line.contains("line 2") && line.contains("observer"), "{line}");
+    assert!(
+        line.contains("line 2") && line.contains("observer"),
+        "{line}"
+    );
 
     // Environment variables are validated like the file.
     std::fs::write(&file, "groups = [{ spot = \"a\", on_demand = \"b\" }]\n").unwrap();
@@ -72,7 +76,13 @@ async fn unreachable_endpoints_and_missing_groups_change_nothing() {
     let dir = world.dir.path();
     let closed = format!("http://127.0.0.1:{}", free_port());
     let metrics = format!("127.0.0.1:{}", free_port());
-    let base = ["run", "--config", config, "--metrics-addr", metrics.as_str()];
+    let base = [
+        "run",
+        "--config",
+        config,
+        "--metrics-addr",
+        metrics.as_str(),
+    ];
 
     // Auto Scaling cannot be reached.
     let mut args = base.to_vec();
@@ -114,7 +124,9 @@ async fn unreachable_endpoints_and_missing_groups_change_nothing() {
     let (status, _, stderr) = run_cli(&args, &[], dir).await;
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(
-        one_line(&stderr).contains("cannot load the Kubernetes client configuration from /nonexistent/kubeconfig"),
+        one_line(&stderr).contains(
+            "cannot load the Kubernetes client configuration from /nonexistent/kubeconfig"
+        ),
         "{stderr}"
     );
 
@@ -143,10 +155,19 @@ async fn unreachable_endpoints_and_missing_groups_change_nothing() {
     // The metrics address is taken.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken_addr = taken.local_addr().unwrap().to_string();
-    let args = ["run", "--config", config, "--metrics-addr", taken_addr.as_str()];
+    let args = [
+        "run",
+        "--config",
+        config,
+        "--metrics-addr",
+        taken_addr.as_str(),
+    ];
     let (status, _, stderr) = run_cli(&args, &[], dir).await;
     assert_eq!(status.code(), Some(1), "{stderr}");
-    assert!(one_line(&stderr).contains(&format!("cannot listen on {taken_addr}")), "{stderr}");
+    assert!(
+        one_line(&stderr).contains(&format!("cannot listen on {taken_addr}")),
+        "{stderr}"
+    );
 
     // Nothing was changed anywhere; the working configuration still starts.
     for action in ["SetDesiredCapacity", "TerminateInstanceInAutoScalingGroup"] {

@@ -23,6 +23,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
+pub mod chart;
+
 /// The spot group of the tests.
 pub const SPOT: &str = "web-spot";
 /// The on-demand group of the tests.
@@ -77,7 +79,9 @@ impl World {
         let proxy = FaultProxy::start(&moto.url()).await;
         moto.create_groups(specs).await;
         let fake = Arc::new(FakeApiServer::start_with(fake).await);
-        fake.create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}));
+        fake.create(
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}),
+        );
         let kubectl = fake.kubectl();
         let groups: Vec<(String, &'static str)> = specs
             .iter()
@@ -103,9 +107,11 @@ impl World {
             let group = world.group(&spec.name).await;
             for i in &group.instances {
                 world
-                    .eventually(&format!("node for {}", i.id), Duration::from_secs(30), || {
-                        world.node(&node_name(&i.id)).is_some()
-                    })
+                    .eventually(
+                        &format!("node for {}", i.id),
+                        Duration::from_secs(30),
+                        || world.node(&node_name(&i.id)).is_some(),
+                    )
                     .await;
             }
         }
@@ -222,7 +228,13 @@ log_level = "info"
 
     /// Starts `spotguard run --config <config> --role <role>` with `args`; an agent gets
     /// `imds`'s endpoint and a state file.
-    pub fn spawn(&self, name: &str, role: &str, imds: Option<&ImdsServer>, args: &[&str]) -> Daemon {
+    pub fn spawn(
+        &self,
+        name: &str,
+        role: &str,
+        imds: Option<&ImdsServer>,
+        args: &[&str],
+    ) -> Daemon {
         let config = self.dir.path().join("spotguard.toml");
         assert!(config.exists(), "write the configuration first");
         let port = free_port();
@@ -247,13 +259,21 @@ log_level = "info"
     /// `aws autoscaling <args>` against moto directly, as JSON.
     pub async fn aws(&self, args: &[&str]) -> Value {
         let out = Command::new("aws")
-            .args(["--endpoint-url", &self.moto.url(), "--output", "json", "autoscaling"])
+            .args([
+                "--endpoint-url",
+                &self.moto.url(),
+                "--output",
+                "json",
+                "autoscaling",
+            ])
             .args(args)
             .envs(AWS_ENV)
             .env("HOME", self.dir.path())
             .output()
             .await
-            .unwrap_or_else(|e| panic!("cannot run the aws CLI (install it with `pip install awscli`): {e}"));
+            .unwrap_or_else(|e| {
+                panic!("cannot run the aws CLI (install it with `pip install awscli`): {e}")
+            });
         assert!(
             out.status.success(),
             "aws {args:?} failed: {}",
@@ -265,7 +285,11 @@ log_level = "info"
     /// A group as the aws CLI describes it.
     pub async fn aws_group(&self, name: &str) -> Value {
         let out = self
-            .aws(&["describe-auto-scaling-groups", "--auto-scaling-group-names", name])
+            .aws(&[
+                "describe-auto-scaling-groups",
+                "--auto-scaling-group-names",
+                name,
+            ])
             .await;
         out["AutoScalingGroups"][0].clone()
     }
@@ -295,7 +319,11 @@ log_level = "info"
 
 /// The stand-in kubelet and cloud controller: a Ready node per instance of the groups, NotReady
 /// once the instance is gone.
-async fn kubelet(moto: Arc<MotoServer>, fake: Arc<FakeApiServer>, groups: Vec<(String, &'static str)>) {
+async fn kubelet(
+    moto: Arc<MotoServer>,
+    fake: Arc<FakeApiServer>,
+    groups: Vec<(String, &'static str)>,
+) {
     let mut known: BTreeSet<String> = BTreeSet::new();
     loop {
         let mut present = BTreeSet::new();
@@ -303,7 +331,9 @@ async fn kubelet(moto: Arc<MotoServer>, fake: Arc<FakeApiServer>, groups: Vec<(S
             let g = moto.group(group).await;
             for i in g.instances.iter().filter(|i| i.is_serving()) {
                 present.insert(i.id.clone());
-                if known.insert(i.id.clone()) && fake.get("", "nodes", None, &node_name(&i.id)).is_none() {
+                if known.insert(i.id.clone())
+                    && fake.get("", "nodes", None, &node_name(&i.id)).is_none()
+                {
                     fake.create(node(&node_name(&i.id), &i.id, capacity));
                 }
             }
@@ -371,7 +401,11 @@ impl Daemon {
                 return;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("{} exited with {status} before it was ready:\n{}", self.name, self.output());
+                panic!(
+                    "{} exited with {status} before it was ready:\n{}",
+                    self.name,
+                    self.output()
+                );
             }
             assert!(
                 started.elapsed() < limit,
@@ -409,7 +443,11 @@ impl Daemon {
     pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
         match tokio::time::timeout(limit, self.child.wait()).await {
             Ok(status) => status.expect("wait"),
-            Err(_) => panic!("{} still running after {limit:?}:\n{}", self.name, self.output()),
+            Err(_) => panic!(
+                "{} still running after {limit:?}:\n{}",
+                self.name,
+                self.output()
+            ),
         }
     }
 
@@ -421,24 +459,46 @@ impl Daemon {
     }
 }
 
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // A failing test shows what the process logged.
+        if std::thread::panicking() {
+            eprintln!("----- {} output -----\n{}", self.name, self.output());
+        }
+    }
+}
+
 /// `GET path` on 127.0.0.1:port: status and body, `None` when nothing answers.
 pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await.ok()?;
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw).await.ok()?;
         let text = String::from_utf8_lossy(&raw).to_string();
         let status = text.split_whitespace().nth(1)?.parse().ok()?;
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
         Some((status, body))
     };
-    tokio::time::timeout(Duration::from_secs(5), exchange).await.ok().flatten()
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// Runs `spotguard <args>` to completion: status, stdout, stderr.
-pub async fn run_cli(args: &[&str], env: &[(&str, &str)], dir: &Path) -> (ExitStatus, String, String) {
+pub async fn run_cli(
+    args: &[&str],
+    env: &[(&str, &str)],
+    dir: &Path,
+) -> (ExitStatus, String, String) {
     let out = tokio::time::timeout(
         Duration::from_secs(120),
         Command::new(env!("CARGO_BIN_EXE_spotguard"))
@@ -492,10 +552,14 @@ pub async fn reach_fallback(world: &World, imds: &ImdsServer, at_risk: &str) -> 
         &spot_before.instance_ids(),
         spotguard_aws::testing::Until::Cleared,
     );
-    imds.set_rebalance(&humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string());
+    imds.set_rebalance(
+        &humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+    );
     let limit = Duration::from_secs(90);
     world
-        .group_until(SPOT, "the spot pre-scale", limit, |g| g.desired == spot_before.desired + 1)
+        .group_until(SPOT, "the spot pre-scale", limit, |g| {
+            g.desired == spot_before.desired + 1
+        })
         .await;
     // ...and the launch fails, as when the pools have no spot capacity.
     world.proxy.add_failed_activity(

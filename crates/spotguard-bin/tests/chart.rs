@@ -1,0 +1,455 @@
+//! The Helm chart (`deploy/helm/spotguard`), rendered as `helm template` does: every document
+//! is the Kubernetes object its `kind` says (parsed as that k8s-openapi type, with no field
+//! lost on the way back), the RBAC rules are exactly the verbs Spot Guard uses, the
+//! configuration it mounts passes `spotguard check-config`, and the values do what they say.
+
+mod harness;
+
+use std::collections::BTreeSet;
+
+use harness::chart::{by_kind, grants, render, Grant, Manifest};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+/// Drops nulls, which the typed objects never serialize.
+fn without_nulls(v: &Value) -> Value {
+    match v {
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), without_nulls(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(without_nulls).collect()),
+        other => other.clone(),
+    }
+}
+
+/// Parses the object as `T` and checks that serializing it back loses nothing: a misspelled
+/// or misplaced field would be dropped by the typed parse.
+fn typed<T: DeserializeOwned + Serialize>(m: &Manifest) -> T {
+    let object: T = serde_json::from_value(m.object.clone()).unwrap_or_else(|e| {
+        panic!(
+            "{} ({}) is not a valid {}: {e}",
+            m.template,
+            m.name(),
+            m.kind()
+        )
+    });
+    let back = serde_json::to_value(&object).unwrap();
+    assert_eq!(
+        without_nulls(&back),
+        without_nulls(&m.object),
+        "{} ({}): fields lost when read as {}",
+        m.template,
+        m.name(),
+        m.kind()
+    );
+    object
+}
+
+fn check_types(manifests: &[Manifest]) {
+    for m in manifests {
+        assert!(
+            m.object["apiVersion"].is_string() && !m.name().is_empty(),
+            "{}: {}",
+            m.template,
+            m.object
+        );
+        match (m.object["apiVersion"].as_str().unwrap(), m.kind()) {
+            ("v1", "ConfigMap") => drop(typed::<ConfigMap>(m)),
+            ("v1", "ServiceAccount") => drop(typed::<ServiceAccount>(m)),
+            ("v1", "Service") => drop(typed::<Service>(m)),
+            ("apps/v1", "DaemonSet") => drop(typed::<DaemonSet>(m)),
+            ("apps/v1", "Deployment") => drop(typed::<Deployment>(m)),
+            ("policy/v1", "PodDisruptionBudget") => drop(typed::<PodDisruptionBudget>(m)),
+            ("rbac.authorization.k8s.io/v1", "ClusterRole") => drop(typed::<ClusterRole>(m)),
+            ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
+                drop(typed::<ClusterRoleBinding>(m))
+            }
+            ("rbac.authorization.k8s.io/v1", "Role") => drop(typed::<Role>(m)),
+            ("rbac.authorization.k8s.io/v1", "RoleBinding") => drop(typed::<RoleBinding>(m)),
+            ("monitoring.coreos.com/v1", "ServiceMonitor" | "PodMonitor") => {
+                // A CRD: no k8s-openapi type; check the fields prometheus-operator requires.
+                assert!(m.object["spec"]["selector"]["matchLabels"].is_object());
+                let endpoints = if m.kind() == "ServiceMonitor" {
+                    &m.object["spec"]["endpoints"]
+                } else {
+                    &m.object["spec"]["podMetricsEndpoints"]
+                };
+                assert_eq!(endpoints[0]["port"], "metrics", "{}", m.object);
+                assert_eq!(endpoints[0]["path"], "/metrics");
+            }
+            (api, kind) => panic!("{}: unexpected {api} {kind}", m.template),
+        }
+    }
+}
+
+fn kinds(manifests: &[Manifest]) -> Vec<String> {
+    let mut k: Vec<String> = manifests.iter().map(|m| m.kind().to_string()).collect();
+    k.sort();
+    k
+}
+
+fn one<'a>(manifests: &'a [Manifest], kind: &str) -> &'a Manifest {
+    let found: Vec<&Manifest> = manifests.iter().filter(|m| m.kind() == kind).collect();
+    assert_eq!(found.len(), 1, "one {kind}: {:?}", kinds(manifests));
+    found[0]
+}
+
+fn grant(
+    group: &str,
+    resource: &str,
+    verb: &str,
+    namespace: Option<&str>,
+    names: &[&str],
+) -> Grant {
+    Grant {
+        group: group.into(),
+        resource: resource.into(),
+        verb: verb.into(),
+        namespace: namespace.map(str::to_string),
+        names: names.iter().map(|n| n.to_string()).collect(),
+    }
+}
+
+/// Every verb Spot Guard uses, and where.
+fn expected_rbac(namespace: &str) -> BTreeSet<Grant> {
+    BTreeSet::from([
+        // Watch caches (list + watch), node reads before writes and for Event UIDs (get),
+        // taints, cordons and the protect annotation (JSON patches).
+        grant("", "nodes", "get", None, &[]),
+        grant("", "nodes", "list", None, &[]),
+        grant("", "nodes", "watch", None, &[]),
+        grant("", "nodes", "patch", None, &[]),
+        // Watch cache; the drain lists a node's pods.
+        grant("", "pods", "list", None, &[]),
+        grant("", "pods", "watch", None, &[]),
+        // Drain evictions.
+        grant("", "pods/eviction", "create", None, &[]),
+        // Watch cache of PDBs.
+        grant("policy", "poddisruptionbudgets", "list", None, &[]),
+        grant("policy", "poddisruptionbudgets", "watch", None, &[]),
+        // The ledger ConfigMap: created once, then read and patched.
+        grant("", "configmaps", "create", Some(namespace), &[]),
+        grant(
+            "",
+            "configmaps",
+            "get",
+            Some(namespace),
+            &["spotguard-ledger"],
+        ),
+        grant(
+            "",
+            "configmaps",
+            "patch",
+            Some(namespace),
+            &["spotguard-ledger"],
+        ),
+        // Leader election and scale locks.
+        grant("coordination.k8s.io", "leases", "get", Some(namespace), &[]),
+        grant(
+            "coordination.k8s.io",
+            "leases",
+            "create",
+            Some(namespace),
+            &[],
+        ),
+        grant(
+            "coordination.k8s.io",
+            "leases",
+            "update",
+            Some(namespace),
+            &[],
+        ),
+        // Node Events (the recorder patches a repeated event into a series).
+        grant("events.k8s.io", "events", "create", Some("default"), &[]),
+        grant("events.k8s.io", "events", "patch", Some("default"), &[]),
+    ])
+}
+
+#[test]
+fn default_values_render_valid_objects_with_least_privilege() {
+    let manifests = render(&json!({}), "spotguard", "spotguard-system");
+    check_types(&manifests);
+    assert_eq!(
+        kinds(&manifests),
+        [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "ConfigMap",
+            "DaemonSet",
+            "Deployment",
+            "PodDisruptionBudget",
+            "Role",
+            "Role",
+            "RoleBinding",
+            "RoleBinding",
+            "Service",
+            "ServiceAccount"
+        ]
+    );
+    assert_eq!(grants(&manifests), expected_rbac("spotguard-system"));
+    // Every binding binds the chart's ServiceAccount to a role of the chart.
+    let sa = one(&manifests, "ServiceAccount");
+    assert_eq!(sa.name(), "spotguard");
+    for binding in manifests.iter().filter(|m| m.kind().ends_with("Binding")) {
+        let subject = &binding.object["subjects"][0];
+        assert_eq!(subject["name"], "spotguard");
+        assert_eq!(subject["namespace"], "spotguard-system");
+        let role = binding.object["roleRef"]["name"].as_str().unwrap();
+        let kind = binding.object["roleRef"]["kind"].as_str().unwrap();
+        assert!(
+            manifests.iter().any(|m| m.kind() == kind
+                && m.name() == role
+                && m.object["metadata"]["namespace"] == binding.object["metadata"]["namespace"]),
+            "{} binds a missing {kind} {role}",
+            binding.name()
+        );
+    }
+
+    // The agent: one per spot node, on the host network (IMDS hop limit 1), non-root.
+    let agent: DaemonSet = typed(one(&manifests, "DaemonSet"));
+    let pod = agent.spec.template.spec.as_ref().unwrap();
+    assert_eq!(pod.host_network, Some(true));
+    assert_eq!(pod.dns_policy.as_deref(), Some("ClusterFirstWithHostNet"));
+    assert_eq!(pod.service_account_name.as_deref(), Some("spotguard"));
+    assert_eq!(
+        pod.node_selector.as_ref().unwrap()["eks.amazonaws.com/capacityType"],
+        "SPOT"
+    );
+    let security = pod.security_context.as_ref().unwrap();
+    assert_eq!(security.run_as_non_root, Some(true));
+    let container = &pod.containers[0];
+    assert_eq!(
+        container.image.as_deref(),
+        Some("ghcr.io/spotguard/spotguard:0.1.0")
+    );
+    assert_eq!(
+        container.args.as_deref().unwrap(),
+        ["run", "--config", "/etc/spotguard/config.toml"]
+    );
+    let env: Vec<(&str, Option<&str>)> = container
+        .env
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|e| (e.name.as_str(), e.value.as_deref()))
+        .collect();
+    assert!(env.contains(&("SPOTGUARD_ROLE", Some("agent"))), "{env:?}");
+    assert!(
+        env.contains(&("SPOTGUARD_METRICS_ADDR", Some("0.0.0.0:9808"))),
+        "{env:?}"
+    );
+    assert!(env.iter().any(|(n, _)| *n == "SPOTGUARD_NODE_NAME"));
+    let probe = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
+        p.as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .and_then(|h| h.path.clone())
+    };
+    assert_eq!(
+        probe(&container.liveness_probe).as_deref(),
+        Some("/healthz")
+    );
+    assert_eq!(
+        probe(&container.readiness_probe).as_deref(),
+        Some("/readyz")
+    );
+    let c_security = container.security_context.as_ref().unwrap();
+    assert_eq!(c_security.read_only_root_filesystem, Some(true));
+    assert_eq!(c_security.allow_privilege_escalation, Some(false));
+    let resources = container.resources.as_ref().unwrap();
+    assert_eq!(resources.requests.as_ref().unwrap()["memory"].0, "40Mi");
+    assert_eq!(resources.limits.as_ref().unwrap()["memory"].0, "128Mi");
+
+    // The controller: 2 replicas behind a PDB that keeps one.
+    let controller: Deployment = typed(one(&manifests, "Deployment"));
+    let spec = &controller.spec;
+    assert_eq!(spec.replicas, Some(2));
+    let pod = spec.template.spec.as_ref().unwrap();
+    let env = pod.containers[0].env.as_ref().unwrap();
+    assert!(env
+        .iter()
+        .any(|e| e.name == "SPOTGUARD_ROLE" && e.value.as_deref() == Some("controller")));
+    assert!(pod.affinity.as_ref().unwrap().pod_anti_affinity.is_some());
+    let pdb: PodDisruptionBudget = typed(one(&manifests, "PodDisruptionBudget"));
+    let pdb_spec = pdb.spec.unwrap();
+    assert_eq!(
+        pdb_spec.min_available,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1))
+    );
+    let pod_labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .labels
+        .clone()
+        .unwrap();
+    for (k, v) in pdb_spec.selector.unwrap().match_labels.unwrap() {
+        assert_eq!(
+            pod_labels.get(&k),
+            Some(&v),
+            "the PDB selects the controller pods"
+        );
+    }
+    for (k, v) in spec.selector.match_labels.clone().unwrap() {
+        assert_eq!(pod_labels.get(&k), Some(&v));
+    }
+}
+
+#[tokio::test]
+async fn the_mounted_configuration_passes_check_config() {
+    let manifests = render(
+        &json!({"groups": [{"spot": "a-spot", "onDemand": "a-od"}, {"spot": "b-spot", "onDemand": "b-od"}]}),
+        "sg",
+        "ops",
+    );
+    let cm: ConfigMap = typed(one(&manifests, "ConfigMap"));
+    let text = cm.data.unwrap()["config.toml"].clone();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.toml");
+    std::fs::write(&file, &text).unwrap();
+    for role in ["agent", "controller"] {
+        let (status, stdout, stderr) = harness::run_cli(
+            &["check-config", file.to_str().unwrap()],
+            &[
+                ("SPOTGUARD_ROLE", role),
+                ("SPOTGUARD_METRICS_ADDR", "0.0.0.0:9808"),
+                (
+                    "SPOTGUARD_NOTICE_STATE_FILE",
+                    "/var/lib/spotguard/notices.json",
+                ),
+            ],
+            dir.path(),
+        )
+        .await;
+        assert!(status.success(), "{role}: {stderr}\n{text}");
+        assert!(stdout.contains(&format!("role = \"{role}\"")), "{stdout}");
+        assert!(stdout.contains("namespace = \"ops\""), "{stdout}");
+        assert!(stdout.contains("spot = \"b-spot\""), "{stdout}");
+        assert!(!stderr.contains("warning"), "{stderr}");
+    }
+}
+
+#[test]
+fn values_switch_features_on_and_off() {
+    let manifests = render(
+        &json!({
+            "serviceMonitor": {"enabled": true, "labels": {"release": "prom"}},
+            "serviceAccount": {
+                "name": "sg-robot",
+                "annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/spotguard"}
+            },
+            "aws": {"region": "eu-west-1"},
+            "dryRun": true,
+            "events": false,
+            "image": {"tag": "1.2.3"},
+            "controller": {"replicas": 3, "podDisruptionBudget": {"enabled": false}},
+            "agent": {"resources": {"requests": {"cpu": "20m", "memory": "64Mi"}}},
+        }),
+        "sg",
+        "ops",
+    );
+    check_types(&manifests);
+    let by = by_kind(&manifests);
+    assert!(!by.contains_key("PodDisruptionBudget"));
+    assert_eq!(by["ServiceMonitor"].len(), 1);
+    assert_eq!(by["PodMonitor"].len(), 1);
+    assert_eq!(
+        by["ServiceMonitor"][0].object["metadata"]["labels"]["release"],
+        "prom"
+    );
+    let sa: ServiceAccount = typed(one(&manifests, "ServiceAccount"));
+    assert_eq!(sa.metadata.name.as_deref(), Some("sg-robot"));
+    assert_eq!(
+        sa.metadata.annotations.unwrap()["eks.amazonaws.com/role-arn"],
+        "arn:aws:iam::123456789012:role/spotguard"
+    );
+    let cm: ConfigMap = typed(one(&manifests, "ConfigMap"));
+    let config = cm.data.unwrap()["config.toml"].clone();
+    assert!(config.contains("aws_region = \"eu-west-1\""), "{config}");
+    assert!(config.contains("dry_run = true"), "{config}");
+    assert!(config.contains("events = false"), "{config}");
+    // No Events, no permission for them.
+    assert!(!grants(&manifests)
+        .iter()
+        .any(|g| g.group == "events.k8s.io"));
+    let ds: DaemonSet = typed(one(&manifests, "DaemonSet"));
+    let container = &ds.spec.template.spec.unwrap().containers[0];
+    assert_eq!(
+        container.image.as_deref(),
+        Some("ghcr.io/spotguard/spotguard:1.2.3")
+    );
+    assert_eq!(
+        container
+            .resources
+            .as_ref()
+            .unwrap()
+            .requests
+            .as_ref()
+            .unwrap()["memory"]
+            .0,
+        "64Mi"
+    );
+    let deployment: Deployment = typed(one(&manifests, "Deployment"));
+    assert_eq!(deployment.spec.replicas, Some(3));
+
+    let only_controller = render(&json!({"agent": {"enabled": false}}), "sg", "ops");
+    check_types(&only_controller);
+    assert!(!by_kind(&only_controller).contains_key("DaemonSet"));
+}
+
+#[test]
+fn iam_policy_example_scopes_writes_to_tagged_groups() {
+    let path = harness::chart::chart_dir().join("../../iam-policy.json");
+    let policy: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let statements = policy["Statement"].as_array().unwrap();
+    let writes = [
+        "autoscaling:SetDesiredCapacity",
+        "autoscaling:TerminateInstanceInAutoScalingGroup",
+    ];
+    for statement in statements {
+        let actions: Vec<&str> = match &statement["Action"] {
+            Value::String(s) => vec![s.as_str()],
+            Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+            other => panic!("Action {other}"),
+        };
+        assert!(
+            !actions.iter().any(|a| a.contains('*')),
+            "no wildcard actions: {statement}"
+        );
+        if actions.iter().any(|a| writes.contains(a)) {
+            let condition = &statement["Condition"]["StringEquals"];
+            assert!(
+                condition["autoscaling:ResourceTag/spotguard.dev/managed"] == "true",
+                "writes only on groups tagged spotguard.dev/managed=true: {statement}"
+            );
+        }
+    }
+    let all: Vec<&str> = statements
+        .iter()
+        .flat_map(|s| {
+            s["Action"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(Value::as_str)
+        })
+        .collect();
+    for needed in [
+        "autoscaling:DescribeAutoScalingGroups",
+        "autoscaling:DescribeAutoScalingInstances",
+        "autoscaling:DescribeScalingActivities",
+        "autoscaling:SetDesiredCapacity",
+        "autoscaling:TerminateInstanceInAutoScalingGroup",
+    ] {
+        assert!(all.contains(&needed), "{needed} missing");
+    }
+    assert_eq!(all.len(), 5, "nothing more than Spot Guard calls: {all:?}");
+}
