@@ -491,10 +491,11 @@ where
         group: &Group,
         raised: &Raised,
     ) -> Result<Option<InstanceId>, Error> {
+        let before: HashSet<&str> = raised.instances_before.iter().map(String::as_str).collect();
         let serving: Vec<InstanceId> = group
             .instances
             .iter()
-            .filter(|i| i.is_serving() && !raised.instances_before.contains(&i.id))
+            .filter(|i| i.is_serving() && !before.contains(i.id.as_str()))
             .map(|i| i.id.clone())
             .collect();
         if serving.is_empty() {
@@ -506,6 +507,9 @@ where
             let free = serving.iter().find(|i| !claimed.contains(i))?.clone();
             let e = l.get_mut(&raised.entry)?;
             e.instance = Some(free.clone());
+            // Only needed to tell the new instance from the old ones: drop it once known, so
+            // the stored ledger stays small on large groups.
+            e.instances_before = Vec::new();
             e.note = format!("instance {free} InService");
             e.updated_at = now;
             Some(free)
