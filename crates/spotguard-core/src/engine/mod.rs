@@ -287,7 +287,7 @@ where
             .await
     }
 
-    // ----- cloud helpers ------------------------------------------------------------------
+    // ----- cloud calls --------------------------------------------------------------------
 
     async fn describe(&self, group: &str) -> Result<Group, Error> {
         let groups = self.cloud.describe_groups(&[group.to_string()]).await?;
