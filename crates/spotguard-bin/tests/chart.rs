@@ -264,8 +264,8 @@ fn default_values_render_valid_objects_with_least_privilege() {
     assert_eq!(c_security.read_only_root_filesystem, Some(true));
     assert_eq!(c_security.allow_privilege_escalation, Some(false));
     let resources = container.resources.as_ref().unwrap();
-    assert_eq!(resources.requests.as_ref().unwrap()["memory"].0, "40Mi");
-    assert_eq!(resources.limits.as_ref().unwrap()["memory"].0, "128Mi");
+    assert_eq!(resources.requests.as_ref().unwrap()["memory"].0, "64Mi");
+    assert_eq!(resources.limits.as_ref().unwrap()["memory"].0, "256Mi");
 
     // The controller: 2 replicas behind a PDB that keeps one.
     let controller: Deployment = typed(one(&manifests, "Deployment"));
@@ -351,7 +351,7 @@ fn values_switch_features_on_and_off() {
             "events": false,
             "image": {"tag": "1.2.3"},
             "controller": {"replicas": 3, "podDisruptionBudget": {"enabled": false}},
-            "agent": {"resources": {"requests": {"cpu": "20m", "memory": "64Mi"}}},
+            "agent": {"resources": {"requests": {"cpu": "20m", "memory": "96Mi"}}},
         }),
         "sg",
         "ops",
@@ -395,7 +395,7 @@ fn values_switch_features_on_and_off() {
             .as_ref()
             .unwrap()["memory"]
             .0,
-        "64Mi"
+        "96Mi"
     );
     let deployment: Deployment = typed(one(&manifests, "Deployment"));
     assert_eq!(deployment.spec.replicas, Some(3));
