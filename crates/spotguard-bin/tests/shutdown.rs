@@ -1,0 +1,79 @@
+//! Graceful shutdown in the middle of a step: an agent whose drain is held by a
+//! PodDisruptionBudget gets SIGTERM. It stops taking work, gives the step
+//! `daemon.shutdown_timeout` (5s here), abandons it, and exits 0; the ledger still holds the
+//! open pre-scale for the controller to finish.
+#![cfg(feature = "daemon")]
+
+mod harness;
+
+use std::time::{Duration, Instant, SystemTime};
+
+use harness::{node_name, standard_groups, World, SPOT};
+use serde_json::json;
+use spotguard_aws::testing::ImdsServer;
+use spotguard_core::ledger::{EntryKind, EntryState};
+use spotguard_k8s::testing::{pdb_min_available, PodBuilder};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_held_drain_abandons_the_step_within_the_bound() {
+    let world = World::start(&standard_groups()).await;
+    let at_risk = world.instances(SPOT).await.into_iter().next().unwrap();
+    let node = node_name(&at_risk);
+    // One pod nothing recreates, under a budget that allows no disruption: the drain waits.
+    world.fake.create(
+        PodBuilder::new("shop", "db-0", &node)
+            .owned_by("StatefulSet", "db")
+            .label("app", "db")
+            .build(),
+    );
+    world
+        .fake
+        .create(pdb_min_available("shop", "db", "db", json!(1)));
+    let imds = ImdsServer::start(&at_risk).await;
+    world.config("");
+    let mut agent = world.spawn("agent", "agent", Some(&imds), &[]);
+    agent.wait_ready(Duration::from_secs(60)).await;
+    imds.set_rebalance(&humantime::format_rfc3339_seconds(SystemTime::now()).to_string());
+
+    world
+        .eventually(
+            "a drain held by the budget",
+            Duration::from_secs(60),
+            || {
+                world
+                    .fake
+                    .requests()
+                    .iter()
+                    .any(|(m, p, code)| m == "POST" && p.contains("/eviction") && *code == 429)
+            },
+        )
+        .await;
+    let asked = Instant::now();
+    agent.terminate();
+    let status = agent.wait_exit(Duration::from_secs(30)).await;
+    let took = asked.elapsed();
+    assert!(status.success(), "{status}\n{}", agent.output());
+    assert!(
+        took < Duration::from_secs(15),
+        "stopped within the 5s bound plus start-up slack, took {took:?}"
+    );
+    let output = agent.output();
+    assert!(
+        output.contains("notice handling abandoned at shutdown"),
+        "{output}"
+    );
+    assert!(output.contains("ledger persisted"), "{output}");
+    let ledger = world.ledger();
+    assert!(
+        ledger
+            .entries
+            .iter()
+            .any(|e| e.kind == EntryKind::Prescale && e.state == EntryState::Active),
+        "the open pre-scale stays in the ledger for the controller: {ledger:?}"
+    );
+    assert_eq!(
+        world.fake.pods_on(&node).len(),
+        1,
+        "the held pod is still there"
+    );
+}
