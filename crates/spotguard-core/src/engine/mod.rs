@@ -503,6 +503,12 @@ where
         }
         let now = self.clock.now();
         self.update_ledger(|l| {
+            // Already claimed for this entry (by the monitor of another process): take it.
+            if let Some(mine) = l.get(&raised.entry).and_then(|e| e.instance.clone()) {
+                if serving.contains(&mine) {
+                    return Some(mine);
+                }
+            }
             let claimed = l.claimed_instances();
             let free = serving.iter().find(|i| !claimed.contains(i))?.clone();
             let e = l.get_mut(&raised.entry)?;
@@ -1303,6 +1309,12 @@ where
     /// once stale, lower the unfilled slot it left.
     async fn adopt_or_settle(&self, entry: &Entry, od: &Group) -> Result<(), Error> {
         let now = self.clock.now();
+        // Phase 1 (possibly in an agent process) may still be waiting for this instance:
+        // leave it the whole wait before adopting on its behalf.
+        let since_update = now.duration_since(entry.updated_at).unwrap_or_default();
+        if since_update < self.config.timings.scale_up_timeout + self.config.timings.asg_poll {
+            return Ok(());
+        }
         let id = entry.id.clone();
         let found = self
             .update_ledger(|l| {

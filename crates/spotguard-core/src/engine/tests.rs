@@ -897,7 +897,15 @@ fn pending_entry_is_settled_on_recovery() {
     let l = w.store.ledger();
     assert_eq!(l.get(&never.0).unwrap().state, EntryState::Released);
     assert_eq!(l.get(&never.1).unwrap().state, EntryState::Active);
-    // The monitor then adopts the unclaimed instance for the raised entry.
+    // The monitor adopts the unclaimed instance for the raised entry, once phase 1 (maybe in
+    // another process) can no longer be waiting for it.
+    block_on(engine.monitor_tick()).unwrap();
+    assert_eq!(
+        w.store.ledger().get(&never.1).unwrap().instance,
+        None,
+        "too early"
+    );
+    w.settle(Duration::from_secs(311));
     block_on(engine.monitor_tick()).unwrap();
     assert_eq!(
         w.store.ledger().get(&never.1).unwrap().instance.as_deref(),
@@ -976,4 +984,35 @@ fn cleanup_drops_old_released_entries() {
     assert!(w
         .event_texts()
         .contains(&"dropped 1 released ledger entries".to_string()));
+}
+
+#[test]
+fn a_waiting_agent_keeps_the_instance_the_monitor_adopted_for_it() {
+    // Agent and controller are separate engines over one ledger.
+    let w = World::new(1, 0);
+    w.cloud.st().spot_outage = true;
+    let agent = w.engine();
+    let controller = w.engine();
+    // The controller ticks while the agent waits: it must not take the instance away.
+    let notice = w.notice("i-web-spot-0");
+    let (out, _) = block_on(futures::future::join(
+        agent.handle_rebalance(&notice),
+        async {
+            for _ in 0..4 {
+                yield_now().await;
+                let _ = controller.monitor_tick().await;
+            }
+        },
+    ));
+    let RebalanceOutcome::Handled {
+        replacement, drain, ..
+    } = out.unwrap()
+    else {
+        panic!()
+    };
+    assert!(
+        matches!(replacement, Replacement::OnDemand { .. }),
+        "{replacement:?}"
+    );
+    assert!(drain.is_some());
 }
