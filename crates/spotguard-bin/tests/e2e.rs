@@ -56,6 +56,9 @@ async fn rebalance_falls_back_to_on_demand_and_the_controller_gives_it_back() {
         &["--node-name", &at_risk_node],
     );
     agent.wait_ready(Duration::from_secs(60)).await;
+    // The controller runs all along: its monitor ticks while phase 1 waits in the agent.
+    let mut controller = world.spawn("controller", "controller", None, &[]);
+    controller.wait_ready(Duration::from_secs(60)).await;
     assert_eq!(
         world.proxy.received("SetDesiredCapacity"),
         0,
@@ -64,11 +67,6 @@ async fn rebalance_falls_back_to_on_demand_and_the_controller_gives_it_back() {
 
     // Phase 1: spot scale-up, failed launch, on-demand fallback, taint and drain.
     let fallback = reach_fallback(&world, &imds, &at_risk).await;
-    // The controller starts once phase 1 has recorded its instance: a monitor running during
-    // phase 1 in another process can adopt the fallback instance phase 1 waits for (reported
-    // as a core issue).
-    let mut controller = world.spawn("controller", "controller", None, &[]);
-    controller.wait_ready(Duration::from_secs(60)).await;
     let node = world.kubectl_json(&["get", "node", &at_risk_node]).await;
     assert!(
         has_taint(&node, "spotguard.dev/draining"),

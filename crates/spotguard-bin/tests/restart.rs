@@ -32,10 +32,9 @@ async fn a_controller_killed_mid_scale_down_is_resumed_exactly_once() {
     let mut agent = world.spawn("agent", "agent", Some(&imds), &[]);
     agent.wait_ready(Duration::from_secs(60)).await;
 
-    let fallback = reach_fallback(&world, &imds, &at_risk).await;
-    // Started once phase 1 has recorded its instance (see the e2e test).
     let mut controller = world.spawn("controller", "controller", None, &[]);
     controller.wait_ready(Duration::from_secs(60)).await;
+    let fallback = reach_fallback(&world, &imds, &at_risk).await;
     let od_node = node_name(&fallback.on_demand);
     // Two pods of a StatefulSet on the fallback node under a budget of one disruption: the
     // drain evicts one and is held on the other (nothing recreates it).
