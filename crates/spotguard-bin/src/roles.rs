@@ -1,12 +1,12 @@
 //! The two roles of the daemon, as loops that drive the engine:
 //!
 //! * the **agent** ([`run_agent`]): one per spot node; the notice watcher polls IMDS and each
-//!   new notice for this node's instance runs phase 1 ([`Engine::handle_rebalance`]) in its
+//!   new notice for this node's instance runs phase 1 ([`Engine::handle_rebalance`](spotguard_core::engine::Engine::handle_rebalance)) in its
 //!   own task. Concurrent agents raise a group one at a time through the per-group Lease
 //!   scale lock (invariant 1).
 //! * the **controller** ([`run_controller`]): campaigns on the leader Lease; only the leader
-//!   runs the monitor ([`Engine::recover`] once after winning, then
-//!   [`Engine::monitor_tick`] every `monitor_interval` and [`Engine::cleanup`] every
+//!   runs the monitor ([`Engine::recover`](spotguard_core::engine::Engine::recover) once after winning, then
+//!   [`Engine::monitor_tick`](spotguard_core::engine::Engine::monitor_tick) every `monitor_interval` and [`Engine::cleanup`](spotguard_core::engine::Engine::cleanup) every
 //!   `cleanup_interval`). A replica that stops leading stops its monitor at once
 //!   (invariant 2).
 //!
