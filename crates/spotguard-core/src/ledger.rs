@@ -33,6 +33,11 @@ pub enum EntryKind {
     /// The spot pre-scale (+1) of phase 1; paid back by terminating the drained at-risk instance
     /// with decrement.
     Prescale,
+    /// A pre-scale whose at-risk instance EC2 reclaimed before the payback, after the group
+    /// had already replaced it: the group holds one instance too many, which the monitor
+    /// gives back like a fallback (health, stability, safety, drain, terminate with
+    /// decrement).
+    Surplus,
 }
 
 /// Where an entry is in its life.
@@ -181,6 +186,7 @@ impl Ledger {
         let prefix = match kind {
             EntryKind::Fallback => "fb",
             EntryKind::Prescale => "ps",
+            EntryKind::Surplus => "sp",
         };
         let id = format!("{prefix}-{}-{}", self.next_id, at_risk_instance);
         self.entries.push(Entry {

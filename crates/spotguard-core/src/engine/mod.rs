@@ -720,6 +720,13 @@ where
                     (Some(entry), true) => {
                         self.pay_back_prescale(entry, &pair.spot, instance).await?
                     }
+                    (None, true) if !drain_only => {
+                        // Nothing to pay back (the spot group could not be raised): hand the
+                        // drained instance back to its group, which replaces it, rather than
+                        // keep a tainted, empty node that EC2 may never reclaim.
+                        self.recycle(instance).await;
+                        false
+                    }
                     _ => false,
                 };
                 RebalanceOutcome::Handled {
@@ -942,7 +949,10 @@ where
                 Ok(()) if decrement => format!("terminated {at_risk} with decrement"),
                 Ok(()) => format!("terminated {at_risk} without decrement (group at its minimum)"),
                 Err(CloudError::UnknownInstance { .. }) => {
-                    self.lower_or_note(spot_group, at_risk, entry).await?
+                    match self.lower_or_note(spot_group, at_risk, entry).await? {
+                        Some(how) => how,
+                        None => return Ok(false),
+                    }
                 }
                 Err(e) => {
                     self.emit(Event::Error {
@@ -953,7 +963,10 @@ where
                 }
             }
         } else {
-            self.lower_or_note(spot_group, at_risk, entry).await?
+            match self.lower_or_note(spot_group, at_risk, entry).await? {
+                Some(how) => how,
+                None => return Ok(false),
+            }
         };
         self.transition(entry, EntryState::Released, &how).await?;
         self.emit(Event::PaidBack {
@@ -962,6 +975,18 @@ where
             how,
         });
         Ok(true)
+    }
+
+    /// Terminates a drained at-risk instance without decrement: the group launches a fresh
+    /// one in its place, keeping its size.
+    async fn recycle(&self, instance: &str) {
+        match self.cloud.terminate_instance(instance, false).await {
+            Ok(()) | Err(CloudError::UnknownInstance { .. }) => {}
+            Err(e) => self.emit(Event::Error {
+                during: format!("handing drained instance {instance} back to its group"),
+                message: e.to_string(),
+            }),
+        }
     }
 
     /// Records a payback call before it is made (state `Draining`): if its outcome is lost
@@ -994,17 +1019,41 @@ where
         Ok(true)
     }
 
+    /// The at-risk instance is gone: lower the unfilled slot it left, or, when the group has
+    /// already replaced it, hand the surplus instance to the monitor (`None`).
     async fn lower_or_note(
         &self,
         group: &str,
         at_risk: &str,
         entry: &str,
-    ) -> Result<String, Error> {
-        Ok(if self.lower_unfilled(group, entry).await? {
-            format!("{at_risk} already gone; lowered desired capacity by one")
-        } else {
-            format!("{at_risk} already gone and no unfilled slot left to lower")
+    ) -> Result<Option<String>, Error> {
+        if self.lower_unfilled(group, entry).await? {
+            return Ok(Some(format!(
+                "{at_risk} already gone; lowered desired capacity by one"
+            )));
+        }
+        let now = self.clock.now();
+        let note = format!(
+            "{at_risk} was reclaimed and replaced before the payback; the monitor gives the \
+             surplus instance of {group} back"
+        );
+        self.update_ledger(|l| {
+            if let Some(e) = l.get_mut(entry) {
+                e.kind = EntryKind::Surplus;
+                e.state = EntryState::Active;
+                e.instance = None;
+                e.instances_before = Vec::new();
+                e.payback = None;
+                e.note = note.clone();
+                e.updated_at = now;
+            }
         })
+        .await?;
+        self.emit(Event::EntrySettled {
+            entry: entry.to_string(),
+            note,
+        });
+        Ok(None)
     }
 
     /// Abandoning a pre-scale that delivered nothing: lower the unfilled slot.
@@ -1051,7 +1100,7 @@ where
         let spot_groups: Vec<String> = {
             let mut v: Vec<String> = open
                 .iter()
-                .filter(|e| e.kind == EntryKind::Fallback)
+                .filter(|e| matches!(e.kind, EntryKind::Fallback | EntryKind::Surplus))
                 .map(|e| e.spot_group.clone())
                 .collect();
             v.sort();
@@ -1104,7 +1153,7 @@ where
                 }
                 (_, EntryState::Pending) => Ok(()),
                 (EntryKind::Prescale, _) => self.settle_prescale(&entry, &by_name).await,
-                (EntryKind::Fallback, _) => {
+                (EntryKind::Fallback | EntryKind::Surplus, _) => {
                     self.scale_down_step(
                         &entry,
                         &by_name,

@@ -163,11 +163,11 @@ impl Sim {
             od.desired,
             self.open(EntryKind::Fallback)
         );
+        let spot_entries = self.open(EntryKind::Prescale) + self.open(EntryKind::Surplus);
         prop_assert!(
-            spot.desired <= SPOT_BASE + self.open(EntryKind::Prescale),
-            "spot leak: desired {} with {} open pre-scales",
+            spot.desired <= SPOT_BASE + spot_entries,
+            "spot leak: desired {} with {spot_entries} open pre-scales",
             spot.desired,
-            self.open(EntryKind::Prescale)
         );
         // 1: every reported spot scale-up is a real +1 (none lost to a race).
         prop_assert_eq!(

@@ -407,8 +407,16 @@ fn spot_at_max_falls_back_without_raising_spot() {
             ..
         }
     ));
-    // No pre-scale to pay back: the at-risk instance stays, drained, for EC2 to reclaim.
-    assert_eq!(w.mutations(), vec!["set_desired web-od 1".to_string()]);
+    // No pre-scale to pay back: the drained instance goes back to its group, which replaces it
+    // (no node is left tainted and empty waiting for EC2).
+    assert_eq!(
+        w.mutations(),
+        vec![
+            "set_desired web-od 1".to_string(),
+            "terminate i-web-spot-0 decrement=false".into()
+        ]
+    );
+    assert_eq!(w.cloud.group("web-spot").desired, 2);
 }
 
 #[test]
@@ -1015,4 +1023,67 @@ fn a_waiting_agent_keeps_the_instance_the_monitor_adopted_for_it() {
         "{replacement:?}"
     );
     assert!(drain.is_some());
+}
+
+#[test]
+fn a_prescale_whose_instance_ec2_reclaimed_first_is_given_back_as_surplus() {
+    let w = World::new(2, 0);
+    w.cluster.add_pod("web-1", "node-i-web-spot-0", 100);
+    // The drain is held, so phase 1 cannot pay back before EC2 acts.
+    *w.cluster.drain_blocked.lock().unwrap() = Some("default/web".into());
+    let out = block_on(w.engine().handle_rebalance(&w.notice("i-web-spot-0"))).unwrap();
+    assert!(matches!(
+        out,
+        RebalanceOutcome::Handled {
+            paid_back: false,
+            ..
+        }
+    ));
+    *w.cluster.drain_blocked.lock().unwrap() = None;
+    assert_eq!(w.cloud.group("web-spot").desired, 3);
+    // EC2 reclaims the at-risk instance; the group replaces it at once: 3 instances, 3 desired.
+    {
+        let mut st = w.cloud.st();
+        st.groups
+            .get_mut("web-spot")
+            .unwrap()
+            .instances
+            .retain(|i| i.id != "i-web-spot-0");
+    }
+    w.cloud.reconcile_all();
+    w.settle(Duration::from_secs(1));
+    assert_eq!(w.cloud.group("web-spot").instances.len(), 3);
+    let lost_to_ec2 = *w.cluster.lost_pods.lock().unwrap();
+
+    let engine = w.engine();
+    let mut kinds = vec![];
+    for _ in 0..60 {
+        w.settle(Duration::from_secs(30));
+        block_on(engine.monitor_tick()).unwrap();
+        kinds.extend(w.store.ledger().entries.iter().map(|e| e.kind));
+    }
+    assert!(kinds.contains(&EntryKind::Surplus), "{kinds:?}");
+    assert_eq!(
+        w.store.ledger().open().count(),
+        0,
+        "{:#?}",
+        w.store.ledger()
+    );
+    assert_eq!(
+        w.cloud.group("web-spot").desired,
+        2,
+        "back to the starting capacity"
+    );
+    let terminations: Vec<String> = w
+        .mutations()
+        .into_iter()
+        .filter(|c| c.starts_with("terminate"))
+        .collect();
+    assert_eq!(terminations.len(), 1, "{terminations:?}");
+    assert!(terminations[0].ends_with("decrement=true"));
+    assert_eq!(
+        *w.cluster.lost_pods.lock().unwrap(),
+        lost_to_ec2,
+        "the surplus node was drained before it went"
+    );
 }
