@@ -6,6 +6,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod ports;
+
 use std::collections::BTreeMap;
 
 use spotguard_core::model::*;
