@@ -152,6 +152,13 @@ struct State {
     healthy_since: HashMap<String, SystemTime>,
 }
 
+/// What a monitor tick judges safety on: one snapshot, and the safety verdict of every
+/// candidate computed from one index of it.
+struct TickView {
+    cluster: ClusterSnapshot,
+    safety: HashMap<InstanceId, Verdict>,
+}
+
 /// A raised group: the ledger entry and the group as it was before.
 struct Raised {
     entry: String,
@@ -1145,7 +1152,13 @@ where
             health_of.insert(name.clone(), verdict);
         }
 
-        let mut snapshot: Option<ClusterSnapshot> = None;
+        // One snapshot and one safety index per tick (until a drain changes the cluster).
+        let candidates: Vec<InstanceId> = open
+            .iter()
+            .filter(|e| matches!(e.kind, EntryKind::Fallback | EntryKind::Surplus))
+            .filter_map(|e| e.instance.clone())
+            .collect();
+        let mut view: Option<TickView> = None;
         for entry in open {
             let outcome = match (entry.kind, entry.state) {
                 (_, EntryState::Pending) if self.pending_is_stale(&entry, now) => {
@@ -1159,7 +1172,7 @@ where
                         &by_name,
                         &activities,
                         &health_of,
-                        &mut snapshot,
+                        (&mut view, &candidates),
                         &mut report,
                     )
                     .await
@@ -1182,7 +1195,7 @@ where
         groups: &HashMap<&str, &Group>,
         activities: &[crate::model::Activity],
         health_of: &HashMap<String, Verdict>,
-        snapshot: &mut Option<ClusterSnapshot>,
+        (view, candidates): (&mut Option<TickView>, &[InstanceId]),
         report: &mut TickReport,
     ) -> Result<(), Error> {
         let now = self.clock.now();
@@ -1225,10 +1238,18 @@ where
         if !self.judge(entry, Check::Health, verdict, report).await? {
             return Ok(());
         }
-        if snapshot.is_none() {
-            *snapshot = Some(self.cluster.snapshot().await?);
+        if view.is_none() {
+            let cluster = self.cluster.snapshot().await?;
+            let safety = {
+                let index = SafetyIndex::new(&cluster, &self.config);
+                candidates
+                    .iter()
+                    .map(|i| (i.clone(), index.check(i)))
+                    .collect()
+            };
+            *view = Some(TickView { cluster, safety });
         }
-        let cluster = snapshot.as_ref().expect("snapshot just taken");
+        let TickView { cluster, safety } = view.as_ref().expect("view just built");
         let spot = groups.get(entry.spot_group.as_str()).copied();
         let since = self.state().healthy_since.get(&entry.spot_group).copied();
         let verdict = match spot {
@@ -1240,7 +1261,10 @@ where
         if !self.judge(entry, Check::Stability, verdict, report).await? {
             return Ok(());
         }
-        let verdict = SafetyIndex::new(cluster, &self.config).check(&instance);
+        let verdict = match safety.get(&instance) {
+            Some(v) => v.clone(),
+            None => SafetyIndex::new(cluster, &self.config).check(&instance),
+        };
         let node = cluster.node_for_instance(&instance).map(|n| n.name.clone());
         if !self.judge(entry, Check::Safety, verdict, report).await? {
             return Ok(());
@@ -1268,7 +1292,7 @@ where
         self.emit(Event::Tainted { node: node.clone() });
         self.cluster.set_unschedulable(&node, true).await?;
         self.emit(Event::Cordoned { node: node.clone() });
-        *snapshot = None;
+        *view = None;
         let drained = self.drain(&node).await?;
         if !drained.is_complete() {
             report.draining.push(entry.id.clone());
