@@ -13,7 +13,10 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::{node_name, reach_fallback, standard_groups, World, NAMESPACE, ON_DEMAND, SPOT};
+use harness::{
+    fallback_given_back, node_name, reach_fallback, standard_groups, World, NAMESPACE, ON_DEMAND,
+    SPOT,
+};
 use serde_json::Value;
 use spotguard_aws::testing::ImdsServer;
 use spotguard_core::ledger::{EntryKind, EntryState, Ledger};
@@ -109,22 +112,7 @@ async fn rebalance_falls_back_to_on_demand_and_the_controller_gives_it_back() {
 
     // Spot capacity is back: the controller drains and removes the on-demand node.
     world.proxy.clear();
-    world
-        .group_until(
-            ON_DEMAND,
-            "the on-demand fallback given back",
-            Duration::from_secs(90),
-            |g| g.desired == 1 && !g.holds(&fallback.on_demand),
-        )
-        .await;
-    world
-        .eventually("the ledger entry released", Duration::from_secs(30), || {
-            world
-                .ledger()
-                .get(&fallback.entry)
-                .is_some_and(|e| e.state == EntryState::Released)
-        })
-        .await;
+    fallback_given_back(&world, &fallback, "the on-demand fallback given back").await;
 
     // The state, as the real CLIs see it.
     let od = world.aws_group(ON_DEMAND).await;

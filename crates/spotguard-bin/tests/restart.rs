@@ -8,7 +8,10 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::{node_name, reach_fallback, standard_groups, World, NAMESPACE, ON_DEMAND, SPOT};
+use harness::{
+    fallback_given_back, node_name, reach_fallback, standard_groups, World, NAMESPACE, ON_DEMAND,
+    SPOT,
+};
 use serde_json::{json, Value};
 use spotguard_aws::testing::ImdsServer;
 use spotguard_core::ledger::EntryState;
@@ -91,22 +94,12 @@ async fn a_controller_killed_mid_scale_down_is_resumed_exactly_once() {
 
     let mut restarted = world.spawn("controller-2", "controller", None, &[]);
     restarted.wait_ready(Duration::from_secs(60)).await;
-    world
-        .group_until(
-            ON_DEMAND,
-            "the fallback given back by the restarted controller",
-            Duration::from_secs(90),
-            |g| g.desired == 1 && !g.holds(&fallback.on_demand),
-        )
-        .await;
-    world
-        .eventually("the ledger entry released", Duration::from_secs(30), || {
-            world
-                .ledger()
-                .get(&fallback.entry)
-                .is_some_and(|e| e.state == EntryState::Released)
-        })
-        .await;
+    fallback_given_back(
+        &world,
+        &fallback,
+        "the fallback given back by the restarted controller",
+    )
+    .await;
     // A few more monitor ticks change nothing: exactly once.
     tokio::time::sleep(Duration::from_secs(3)).await;
     restarted.assert_running();

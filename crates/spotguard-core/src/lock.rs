@@ -66,23 +66,9 @@ impl ScaleLock for LocalScaleLock {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::fakes::yield_now;
     use futures::future::join_all;
     use std::sync::atomic::{AtomicU32, Ordering};
-
-    /// Returns Pending once, after waking itself, so other futures get polled.
-    async fn yield_now() {
-        let mut yielded = false;
-        futures::future::poll_fn(|cx| {
-            if yielded {
-                std::task::Poll::Ready(())
-            } else {
-                yielded = true;
-                cx.waker().wake_by_ref();
-                std::task::Poll::Pending
-            }
-        })
-        .await
-    }
 
     #[test]
     fn serializes_critical_sections() {

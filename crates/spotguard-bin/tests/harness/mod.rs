@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use spotguard_aws::testing::{free_port, FaultProxy, GroupSpec, ImdsServer, MotoServer};
-use spotguard_core::ledger::Ledger;
+use spotguard_core::ledger::{EntryState, Ledger};
 use spotguard_core::model::Group;
 use spotguard_k8s::testing::{node, FakeApiServer, FakeConfig, Kubectl, PodBuilder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -538,6 +538,24 @@ pub struct Fallback {
     pub on_demand: String,
     /// Its ledger entry.
     pub entry: String,
+}
+
+/// Waits until the controller has given the fallback back: the on-demand group back to one
+/// instance without the fallback one, and its ledger entry released.
+pub async fn fallback_given_back(world: &World, fallback: &Fallback, what: &str) {
+    world
+        .group_until(ON_DEMAND, what, Duration::from_secs(90), |g| {
+            g.desired == 1 && !g.holds(&fallback.on_demand)
+        })
+        .await;
+    world
+        .eventually("the ledger entry released", Duration::from_secs(30), || {
+            world
+                .ledger()
+                .get(&fallback.entry)
+                .is_some_and(|e| e.state == EntryState::Released)
+        })
+        .await;
 }
 
 /// A rebalance notice for `at_risk` while spot launches fail: the agent raises the spot group,

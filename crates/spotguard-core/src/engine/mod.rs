@@ -1576,7 +1576,7 @@ where
 }
 
 #[cfg(test)]
-mod fakes;
+pub(crate) mod fakes;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
