@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -73,18 +73,19 @@ impl Cloud for MemCloud {
     }
 }
 
-/// A fixed cluster snapshot; `snapshot` clones it, as a watch-backed cache hands out a copy.
+/// A fixed cluster snapshot, shared as a watch-backed cache shares it while the cluster does
+/// not change.
 #[derive(Debug)]
 pub struct MemCluster {
-    snapshot: ClusterSnapshot,
+    snapshot: Arc<ClusterSnapshot>,
     /// Mutating calls (taint, untaint, cordon, annotate, drain).
     pub mutations: Mutations,
 }
 
 #[async_trait]
 impl Cluster for MemCluster {
-    async fn snapshot(&self) -> Result<ClusterSnapshot, ClusterError> {
-        Ok(self.snapshot.clone())
+    async fn snapshot(&self) -> Result<Arc<ClusterSnapshot>, ClusterError> {
+        Ok(Arc::clone(&self.snapshot))
     }
 
     async fn taint(&self, _node: &str, _taint: &Taint) -> Result<(), ClusterError> {
@@ -281,7 +282,7 @@ pub fn steady_world(nodes: usize, pairs: usize) -> World {
             mutations: Mutations::default(),
         },
         cluster: MemCluster {
-            snapshot,
+            snapshot: Arc::new(snapshot),
             mutations: Mutations::default(),
         },
         clock: MemClock(Mutex::new(t0)),

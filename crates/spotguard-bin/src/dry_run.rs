@@ -91,7 +91,7 @@ impl<C: Cloud> Cloud for DryRun<C> {
 
 #[async_trait]
 impl<K: Cluster> Cluster for DryRun<K> {
-    async fn snapshot(&self) -> Result<ClusterSnapshot, ClusterError> {
+    async fn snapshot(&self) -> Result<Arc<ClusterSnapshot>, ClusterError> {
         self.inner.snapshot().await
     }
 

@@ -474,7 +474,7 @@ impl<P> Metered<P> {
 
 #[async_trait]
 impl<K: Cluster> Cluster for Metered<K> {
-    async fn snapshot(&self) -> Result<ClusterSnapshot, ClusterError> {
+    async fn snapshot(&self) -> Result<Arc<ClusterSnapshot>, ClusterError> {
         // Served from the watch caches: not an API call.
         self.inner.snapshot().await
     }

@@ -3,6 +3,7 @@
 //!
 //! The traits are runtime-agnostic: no tokio type appears, time is an input.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -198,8 +199,10 @@ impl DrainReport {
 #[cfg_attr(test, mockall::automock)]
 #[async_trait]
 pub trait Cluster: Send + Sync {
-    /// A consistent view of nodes, pods and PDBs.
-    async fn snapshot(&self) -> Result<ClusterSnapshot, ClusterError>;
+    /// A consistent view of nodes, pods and PDBs, shared: an adapter that keeps a watch
+    /// cache hands out the same snapshot until the cluster changes, and callers never copy
+    /// it.
+    async fn snapshot(&self) -> Result<Arc<ClusterSnapshot>, ClusterError>;
 
     /// Adds the taint to the node (idempotent; other taints untouched).
     async fn taint(&self, node: &str, taint: &Taint) -> Result<(), ClusterError>;
@@ -325,7 +328,7 @@ macro_rules! shared_ports {
 
         #[async_trait]
         impl<T: Cluster + ?Sized> Cluster for $wrapper {
-            async fn snapshot(&self) -> Result<ClusterSnapshot, ClusterError> {
+            async fn snapshot(&self) -> Result<Arc<ClusterSnapshot>, ClusterError> {
                 (**self).snapshot().await
             }
             async fn taint(&self, node: &str, taint: &Taint) -> Result<(), ClusterError> {

@@ -1,5 +1,6 @@
 //! [`KubeCluster`]: the core's [`Cluster`] port over a [`kube::Client`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -129,9 +130,10 @@ impl KubeCluster {
 
 #[async_trait]
 impl Cluster for KubeCluster {
-    async fn snapshot(&self) -> Result<ClusterSnapshot, ClusterError> {
+    async fn snapshot(&self) -> Result<Arc<ClusterSnapshot>, ClusterError> {
         self.snapshot_now()
             .await
+            .map(Arc::new)
             .map_err(|e| e.into_cluster_error("snapshot", None))
     }
 

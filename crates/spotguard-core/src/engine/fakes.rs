@@ -4,7 +4,7 @@
 //! records its mutating calls so tests can assert which call, in which order, with what.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
@@ -423,8 +423,8 @@ impl FakeCluster {
 
 #[async_trait]
 impl Cluster for FakeCluster {
-    async fn snapshot(&self) -> Result<ClusterSnapshot, ClusterError> {
-        Ok(self.snap.lock().unwrap().clone())
+    async fn snapshot(&self) -> Result<Arc<ClusterSnapshot>, ClusterError> {
+        Ok(Arc::new(self.snap.lock().unwrap().clone()))
     }
 
     async fn taint(&self, node: &str, taint: &Taint) -> Result<(), ClusterError> {

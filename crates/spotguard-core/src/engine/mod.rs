@@ -19,7 +19,7 @@
 //! failure branch waits, skips or retries on the next tick; nothing is half-done.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use crate::config::{CapacityRebalancePolicy, Config, GroupPair};
@@ -155,7 +155,7 @@ struct State {
 /// What a monitor tick judges safety on: one snapshot, and the safety verdict of every
 /// candidate computed from one index of it.
 struct TickView {
-    cluster: ClusterSnapshot,
+    cluster: Arc<ClusterSnapshot>,
     safety: HashMap<InstanceId, Verdict>,
 }
 

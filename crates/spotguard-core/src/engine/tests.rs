@@ -151,7 +151,7 @@ fn spot_replacement_calls_in_order() {
         .expect_snapshot()
         .times(1)
         .in_sequence(&mut seq)
-        .returning(|| Ok(snapshot(&["i-a", "i-risk"])));
+        .returning(|| Ok(Arc::new(snapshot(&["i-a", "i-risk"]))));
     cluster
         .expect_taint()
         .withf(|node, taint| node == "node-i-risk" && taint.key == "spotguard.dev/draining")
@@ -180,7 +180,7 @@ fn spot_replacement_calls_in_order() {
         .expect_snapshot()
         .times(1)
         .in_sequence(&mut seq)
-        .returning(|| Ok(snapshot(&["i-a", "i-risk", "i-new"])));
+        .returning(|| Ok(Arc::new(snapshot(&["i-a", "i-risk", "i-new"]))));
     cluster
         .expect_annotate()
         .withf(|node, key, value| {
@@ -303,9 +303,7 @@ fn instance_without_node_is_an_error_and_mutates_nothing() {
     });
     cloud.expect_set_desired_capacity().never();
     let mut cluster = MockCluster::new();
-    cluster
-        .expect_snapshot()
-        .returning(|| Ok(ClusterSnapshot::default()));
+    cluster.expect_snapshot().returning(|| Ok(Arc::default()));
     cluster.expect_taint().never();
     let clock = TestClock::default();
     let store = MemStore::default();

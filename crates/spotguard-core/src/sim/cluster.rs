@@ -17,6 +17,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -568,10 +569,10 @@ impl std::fmt::Debug for SimCluster {
 
 #[async_trait]
 impl Cluster for SimCluster {
-    async fn snapshot(&self) -> Result<ClusterSnapshot, ClusterError> {
+    async fn snapshot(&self) -> Result<Arc<ClusterSnapshot>, ClusterError> {
         let w = self.world.lock();
         let now = w.now();
-        Ok(w.cluster.snapshot(now))
+        Ok(Arc::new(w.cluster.snapshot(now)))
     }
 
     async fn taint(&self, node: &str, taint: &Taint) -> Result<(), ClusterError> {
@@ -686,7 +687,7 @@ mod tests {
         }
     }
 
-    fn snapshot(world: &Shared) -> ClusterSnapshot {
+    fn snapshot(world: &Shared) -> Arc<ClusterSnapshot> {
         block_on(cluster(world).snapshot()).unwrap()
     }
 
