@@ -8,9 +8,10 @@
 
 pub mod ports;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use spotguard_core::model::*;
+use spotguard_core::view::{ClusterView, ClusterViewBuilder};
 
 /// A small deterministic generator (64-bit LCG), so inputs are identical run to run.
 #[derive(Debug, Clone)]
@@ -133,6 +134,29 @@ pub fn cluster(
         });
     }
     snapshot
+}
+
+/// The view an adapter that keeps pods per node (the Kubernetes watch cache, the simulator)
+/// hands out for this snapshot: nodes in order, each with its pods.
+pub fn grouped_view(snapshot: &ClusterSnapshot) -> ClusterView {
+    let mut per_node: HashMap<&str, Vec<Pod>> = HashMap::new();
+    let mut others = Vec::new();
+    for pod in &snapshot.pods {
+        match pod.node.as_deref() {
+            Some(n) => per_node.entry(n).or_default().push(pod.clone()),
+            None => others.push(pod.clone()),
+        }
+    }
+    let mut b = ClusterViewBuilder::with_capacity(snapshot.nodes.len(), snapshot.pods.len());
+    for node in &snapshot.nodes {
+        b.node(
+            node.clone(),
+            per_node.remove(node.name.as_str()).unwrap_or_default(),
+        );
+    }
+    b.pods(others.into_iter().chain(per_node.into_values().flatten()));
+    b.pdbs(snapshot.pdbs.iter().cloned());
+    b.build()
 }
 
 /// The straightforward check Spot Guard is compared with: for each pod of the candidate, scan

@@ -12,6 +12,7 @@ use spotguard_core::config::{Config, DrainOptions, GroupPair};
 use spotguard_core::ledger::{Entry, EntryKind, EntryState, Ledger};
 use spotguard_core::model::*;
 use spotguard_core::ports::*;
+use spotguard_core::view::ClusterView;
 
 /// Counts mutating calls made through any of the ports.
 #[derive(Debug, Default)]
@@ -77,14 +78,14 @@ impl Cloud for MemCloud {
 /// not change.
 #[derive(Debug)]
 pub struct MemCluster {
-    snapshot: Arc<ClusterSnapshot>,
+    snapshot: Arc<ClusterView>,
     /// Mutating calls (taint, untaint, cordon, annotate, drain).
     pub mutations: Mutations,
 }
 
 #[async_trait]
 impl Cluster for MemCluster {
-    async fn snapshot(&self) -> Result<Arc<ClusterSnapshot>, ClusterError> {
+    async fn snapshot(&self) -> Result<Arc<ClusterView>, ClusterError> {
         Ok(Arc::clone(&self.snapshot))
     }
 
@@ -282,7 +283,7 @@ pub fn steady_world(nodes: usize, pairs: usize) -> World {
             mutations: Mutations::default(),
         },
         cluster: MemCluster {
-            snapshot: Arc::new(snapshot),
+            snapshot: Arc::new(crate::grouped_view(&snapshot)),
             mutations: Mutations::default(),
         },
         clock: MemClock(Mutex::new(t0)),

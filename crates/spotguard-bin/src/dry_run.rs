@@ -14,11 +14,12 @@ use async_trait::async_trait;
 use spotguard_core::config::DrainOptions;
 use spotguard_core::ledger::Ledger;
 use spotguard_core::lock::LocalScaleLock;
-use spotguard_core::model::{Activity, ClusterSnapshot, Group, Taint};
+use spotguard_core::model::{Activity, Group, Taint};
 use spotguard_core::ports::{
     Cloud, CloudError, Cluster, ClusterError, DrainReport, LedgerStore, LockError, ScaleLock,
     StoreError, Versioned,
 };
+use spotguard_core::view::ClusterView;
 
 use crate::metrics::Metrics;
 
@@ -91,7 +92,7 @@ impl<C: Cloud> Cloud for DryRun<C> {
 
 #[async_trait]
 impl<K: Cluster> Cluster for DryRun<K> {
-    async fn snapshot(&self) -> Result<Arc<ClusterSnapshot>, ClusterError> {
+    async fn snapshot(&self) -> Result<Arc<ClusterView>, ClusterError> {
         self.inner.snapshot().await
     }
 

@@ -19,12 +19,13 @@ use spotguard_aws::{ApiCallCounter, CallSnapshot, WatcherCounts, WatcherStats};
 use spotguard_core::config::DrainOptions;
 use spotguard_core::events::Check;
 use spotguard_core::ledger::Ledger;
-use spotguard_core::model::{ClusterSnapshot, Taint};
+use spotguard_core::model::Taint;
 use spotguard_core::ports::{
     Cluster, ClusterError, DrainReport, LedgerStore, LockError, PodOutcome, ScaleLock, StoreError,
     Versioned,
 };
 use spotguard_core::predicates::{Reason, Verdict};
+use spotguard_core::view::ClusterView;
 
 /// Labels of API call counters.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -474,7 +475,7 @@ impl<P> Metered<P> {
 
 #[async_trait]
 impl<K: Cluster> Cluster for Metered<K> {
-    async fn snapshot(&self) -> Result<Arc<ClusterSnapshot>, ClusterError> {
+    async fn snapshot(&self) -> Result<Arc<ClusterView>, ClusterError> {
         // Served from the watch caches: not an API call.
         self.inner.snapshot().await
     }

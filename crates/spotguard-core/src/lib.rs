@@ -11,6 +11,8 @@
 //! virtual time.
 //!
 //! - [`model`]: groups, instances, activities, nodes, pods, PDBs (integers, no API types).
+//! - [`view`]: a snapshot with its lookups (nodes by name and instance, pods and usage per
+//!   node) built once and shared by every decision.
 //! - [`predicates`]: `health`, `stability`, `safety`, each a [`predicates::Verdict`] with reasons.
 //! - [`ledger`]: every +1 Spot Guard makes, until it is paid back; persisted through a
 //!   [`ports::LedgerStore`] with the intent written before the call.
@@ -37,7 +39,7 @@
 //! };
 //! let cluster = ClusterSnapshot { nodes: vec![node("od", 4000), node("spot", 1000)], pods: vec![pod], pdbs: vec![] };
 //! // The on-demand node cannot go: its pod fits nowhere else.
-//! let verdict = safety((&cluster, "i-od", &Config::default()));
+//! let verdict = safety((&cluster.into(), "i-od", &Config::default()));
 //! assert!(matches!(verdict.reasons(), [Reason::PodDoesNotFit { pod, .. }, ..] if pod == "shop/web-1"));
 //! ```
 #![forbid(unsafe_code)]
@@ -54,3 +56,4 @@ pub mod ports;
 pub mod predicates;
 #[cfg(feature = "sim")]
 pub mod sim;
+pub mod view;

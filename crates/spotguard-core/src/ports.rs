@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::DrainOptions;
 use crate::ledger::Ledger;
-use crate::model::{Activity, ClusterSnapshot, Group, Taint};
+use crate::model::{Activity, Group, Taint};
+use crate::view::ClusterView;
 
 /// Errors of the [`Cloud`] port.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -199,10 +200,10 @@ impl DrainReport {
 #[cfg_attr(test, mockall::automock)]
 #[async_trait]
 pub trait Cluster: Send + Sync {
-    /// A consistent view of nodes, pods and PDBs, shared: an adapter that keeps a watch
-    /// cache hands out the same snapshot until the cluster changes, and callers never copy
-    /// it.
-    async fn snapshot(&self) -> Result<Arc<ClusterSnapshot>, ClusterError>;
+    /// A consistent view of nodes, pods and PDBs with its lookups, shared: an adapter that
+    /// keeps a watch cache hands out the same view until the cluster changes, and callers
+    /// never copy it.
+    async fn snapshot(&self) -> Result<Arc<ClusterView>, ClusterError>;
 
     /// Adds the taint to the node (idempotent; other taints untouched).
     async fn taint(&self, node: &str, taint: &Taint) -> Result<(), ClusterError>;
@@ -328,7 +329,7 @@ macro_rules! shared_ports {
 
         #[async_trait]
         impl<T: Cluster + ?Sized> Cluster for $wrapper {
-            async fn snapshot(&self) -> Result<Arc<ClusterSnapshot>, ClusterError> {
+            async fn snapshot(&self) -> Result<Arc<ClusterView>, ClusterError> {
                 (**self).snapshot().await
             }
             async fn taint(&self, node: &str, taint: &Taint) -> Result<(), ClusterError> {

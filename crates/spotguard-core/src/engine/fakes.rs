@@ -14,6 +14,7 @@ use crate::config::{Config, DrainOptions, GroupPair};
 use crate::ledger::Ledger;
 use crate::model::*;
 use crate::ports::*;
+use crate::view::ClusterView;
 
 /// Returns Pending once after waking itself, so concurrent futures interleave.
 pub async fn yield_now() {
@@ -423,8 +424,10 @@ impl FakeCluster {
 
 #[async_trait]
 impl Cluster for FakeCluster {
-    async fn snapshot(&self) -> Result<Arc<ClusterSnapshot>, ClusterError> {
-        Ok(Arc::new(self.snap.lock().unwrap().clone()))
+    async fn snapshot(&self) -> Result<Arc<ClusterView>, ClusterError> {
+        Ok(Arc::new(ClusterView::new(
+            self.snap.lock().unwrap().clone(),
+        )))
     }
 
     async fn taint(&self, node: &str, taint: &Taint) -> Result<(), ClusterError> {

@@ -25,13 +25,14 @@ use std::time::{Duration, SystemTime};
 use crate::config::{CapacityRebalancePolicy, Config, GroupPair};
 use crate::events::{Check, Discard, Event, Observer};
 use crate::ledger::{Entry, EntryKind, EntryState, Intent, Ledger, Payback};
-use crate::model::{ActivityStatus, ClusterSnapshot, Group, InstanceId};
+use crate::model::{ActivityStatus, Group, InstanceId};
 use crate::notice::{Notice, NoticeKind};
 use crate::ports::{
     Clock, Cloud, CloudError, Cluster, ClusterError, DrainReport, LedgerStore, LockError,
     ScaleLock, StoreError,
 };
 use crate::predicates::{health, safety::SafetyIndex, stability, Reason, Verdict};
+use crate::view::ClusterView;
 
 /// How many times a ledger update is retried on concurrent writes.
 const LEDGER_ATTEMPTS: u32 = 16;
@@ -155,7 +156,7 @@ struct State {
 /// What a monitor tick judges safety on: one snapshot, and the safety verdict of every
 /// candidate computed from one index of it.
 struct TickView {
-    cluster: Arc<ClusterSnapshot>,
+    cluster: Arc<ClusterView>,
     safety: HashMap<InstanceId, Verdict>,
 }
 
@@ -860,11 +861,7 @@ where
     }
 
     /// Marks a fresh replacement node so cluster-autoscaler leaves it alone during the action.
-    async fn protect(
-        &self,
-        replacement: &Replacement,
-        snapshot: &ClusterSnapshot,
-    ) -> Option<String> {
+    async fn protect(&self, replacement: &Replacement, snapshot: &ClusterView) -> Option<String> {
         let key = &self.config.protect_annotation;
         let instance = match replacement {
             Replacement::Spot { instance } | Replacement::OnDemand { instance, .. } => instance,

@@ -13,7 +13,7 @@ use super::fakes::*;
 use super::*;
 use crate::events::Recorder;
 use crate::lock::LocalScaleLock;
-use crate::model::{CapacityType, HealthStatus, Instance, LifecycleState};
+use crate::model::{CapacityType, ClusterSnapshot, HealthStatus, Instance, LifecycleState};
 use crate::ports::{MockCloud, MockCluster, PodOutcome, PodReport};
 
 type FakeEngine<'a> =
@@ -120,14 +120,14 @@ fn group(name: &str, desired: u32, ids: &[&str]) -> Group {
     }
 }
 
-fn snapshot(ids: &[&str]) -> ClusterSnapshot {
-    ClusterSnapshot {
+fn snapshot(ids: &[&str]) -> ClusterView {
+    ClusterView::new(ClusterSnapshot {
         nodes: ids
             .iter()
             .map(|id| node_for(id, CapacityType::Spot))
             .collect(),
         ..Default::default()
-    }
+    })
 }
 
 #[test]

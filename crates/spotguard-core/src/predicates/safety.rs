@@ -2,51 +2,49 @@
 //! not one at a time), no PDB allows zero disruptions of its pods there, no pod would be lost
 //! against the drain options, and the cluster keeps its capacity buffer afterwards.
 //!
-//! [`SafetyIndex`] does the per-snapshot work once (usage per node, PDBs per namespace), so
-//! judging every candidate of a large ledger costs one pass over the cluster plus a little per
+//! [`SafetyIndex`] does the per-snapshot work once (free resources per node, PDBs per
+//! namespace) on a [`ClusterView`], whose pods are already grouped and summed per node, so
+//! judging every candidate of a large ledger costs one pass over the nodes plus a little per
 //! candidate.
-
-use std::collections::HashMap;
 
 use rustc_hash::FxHashMap;
 
 use super::{Reason, Verdict};
 use crate::config::Config;
-use crate::model::{ClusterSnapshot, Node, OwnerKind, Pdb, Pod, Resources, TaintEffect};
+use crate::model::{Node, OwnerKind, Pdb, Pod, Resources, TaintEffect};
+use crate::view::ClusterView;
 
-/// Precomputed view of a cluster snapshot for safety decisions.
+/// The per-snapshot part of safety decisions (free resources and schedulability of every
+/// node, PDBs per namespace), computed once from a [`ClusterView`] so that judging every
+/// candidate of a large ledger costs one pass over the nodes plus a little per candidate.
 #[derive(Debug)]
 pub struct SafetyIndex<'a> {
     config: &'a Config,
-    nodes: Vec<&'a Node>,
-    by_instance: FxHashMap<&'a str, usize>,
+    view: &'a ClusterView,
+    nodes: &'a [Node],
     /// Free resources of each node (allocatable minus requests of its live pods).
     free: Vec<Resources>,
     /// Whether a node takes new pods: Ready, not cordoned, not being drained by Spot Guard.
     target: Vec<bool>,
     /// Whether a node has a NoSchedule/NoExecute taint (otherwise the taint check is skipped).
     hard_tainted: Vec<bool>,
-    pods: &'a [Pod],
-    /// Indexes into `pods` of node `i`'s pods: `grouped[starts[i]..starts[i + 1]]`.
-    grouped: Vec<u32>,
-    starts: Vec<u32>,
-    pdbs_by_namespace: HashMap<&'a str, Vec<&'a Pdb>>,
+    pdbs_by_namespace: FxHashMap<&'a str, Vec<&'a Pdb>>,
     /// Free and allocatable totals over target nodes.
     target_free: Resources,
     target_alloc: Resources,
 }
 
-/// Input alias kept for readability at call sites: the snapshot, the instance id of the
+/// Input alias kept for readability at call sites: the cluster, the instance id of the
 /// candidate on-demand node and the configuration.
-pub type SafetyInput<'a> = (&'a ClusterSnapshot, &'a str, &'a Config);
+pub type SafetyInput<'a> = (&'a ClusterView, &'a str, &'a Config);
 
 /// Judges whether the node backed by `candidate_instance` can be removed now.
 ///
 /// ```
 /// use spotguard_core::config::Config;
-/// use spotguard_core::model::ClusterSnapshot;
 /// use spotguard_core::predicates::{safety, Reason, Verdict};
-/// let v = safety((&ClusterSnapshot::default(), "i-0abc", &Config::default()));
+/// use spotguard_core::view::ClusterView;
+/// let v = safety((&ClusterView::default(), "i-0abc", &Config::default()));
 /// assert_eq!(v, Verdict::Wait(vec![Reason::CandidateMissing { instance: "i-0abc".into() }]));
 /// ```
 pub fn safety((cluster, candidate_instance, config): SafetyInput<'_>) -> Verdict {
@@ -54,51 +52,14 @@ pub fn safety((cluster, candidate_instance, config): SafetyInput<'_>) -> Verdict
 }
 
 impl<'a> SafetyIndex<'a> {
-    /// Indexes the snapshot: one pass over nodes, pods and PDBs.
-    pub fn new(cluster: &'a ClusterSnapshot, config: &'a Config) -> Self {
-        let nodes: Vec<&Node> = cluster.nodes.iter().collect();
-        let by_name: FxHashMap<&str, u32> = nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.name.as_str(), i as u32))
-            .collect();
-        let by_instance = nodes
-            .iter()
-            .enumerate()
-            .filter_map(|(i, n)| n.instance_id.as_deref().map(|id| (id, i)))
-            .collect();
-        // Pods grouped by node in one flat array (counting sort), usage summed on the way.
-        let mut used = vec![Resources::default(); nodes.len()];
-        let mut starts = vec![0u32; nodes.len() + 1];
-        let placement: Vec<u32> = cluster
-            .pods
-            .iter()
-            .map(
-                |pod| match pod.node.as_deref().and_then(|n| by_name.get(n)) {
-                    Some(&i) if !pod.terminal => {
-                        used[i as usize] = used[i as usize].add(&pod.requests);
-                        starts[i as usize + 1] += 1;
-                        i
-                    }
-                    _ => u32::MAX,
-                },
-            )
-            .collect();
-        for i in 0..nodes.len() {
-            starts[i + 1] += starts[i];
-        }
-        let mut fill = starts.clone();
-        let mut grouped = vec![0u32; starts[nodes.len()] as usize];
-        for (k, &i) in placement.iter().enumerate() {
-            if i != u32::MAX {
-                grouped[fill[i as usize] as usize] = k as u32;
-                fill[i as usize] += 1;
-            }
-        }
+    /// Indexes the view: one pass over nodes and PDBs (the pods are already grouped and
+    /// summed per node in the view).
+    pub fn new(view: &'a ClusterView, config: &'a Config) -> Self {
+        let nodes = view.nodes.as_slice();
         let free: Vec<Resources> = nodes
             .iter()
-            .zip(&used)
-            .map(|(n, u)| n.allocatable.saturating_sub(u))
+            .enumerate()
+            .map(|(i, n)| n.allocatable.saturating_sub(&view.used(i)))
             .collect();
         let target: Vec<bool> = nodes
             .iter()
@@ -112,8 +73,8 @@ impl<'a> SafetyIndex<'a> {
                     .any(|t| t.effect != TaintEffect::PreferNoSchedule)
             })
             .collect();
-        let mut pdbs_by_namespace: HashMap<&str, Vec<&Pdb>> = HashMap::new();
-        for pdb in &cluster.pdbs {
+        let mut pdbs_by_namespace: FxHashMap<&str, Vec<&Pdb>> = FxHashMap::default();
+        for pdb in &view.pdbs {
             pdbs_by_namespace
                 .entry(pdb.namespace.as_str())
                 .or_default()
@@ -126,14 +87,11 @@ impl<'a> SafetyIndex<'a> {
         }
         Self {
             config,
+            view,
             nodes,
-            by_instance,
             free,
             target,
             hard_tainted,
-            pods: &cluster.pods,
-            grouped,
-            starts,
             pdbs_by_namespace,
             target_free,
             target_alloc,
@@ -141,26 +99,21 @@ impl<'a> SafetyIndex<'a> {
     }
 
     fn admits(&self, node: usize, pod: &Pod) -> bool {
-        let n = self.nodes[node];
+        let n = &self.nodes[node];
         (!self.hard_tainted[node] || pod.tolerates_taints(&n.taints))
             && pod.admits_labels(&n.labels)
     }
 
     /// Judges the candidate node backed by this instance.
     pub fn check(&self, candidate_instance: &str) -> Verdict {
-        let Some(&c) = self.by_instance.get(candidate_instance) else {
+        let Some(c) = self.view.instance_index(candidate_instance) else {
             return Verdict::Wait(vec![Reason::CandidateMissing {
                 instance: candidate_instance.to_string(),
             }]);
         };
         let drain = &self.config.drain;
         let mut reasons = Vec::new();
-        let evictable: Vec<&Pod> = self.grouped
-            [self.starts[c] as usize..self.starts[c + 1] as usize]
-            .iter()
-            .map(|&k| &self.pods[k as usize])
-            .filter(|p| p.is_evictable())
-            .collect();
+        let evictable: Vec<&Pod> = self.view.pods_of(c).filter(|p| p.is_evictable()).collect();
 
         // Pods the drain options would refuse, or that nothing recreates.
         let mut movers: Vec<&Pod> = Vec::with_capacity(evictable.len());
@@ -296,7 +249,7 @@ mod tests {
     }
 
     fn check(c: &ClusterSnapshot, config: &Config) -> Verdict {
-        safety((c, "i-od", config))
+        safety((&ClusterView::new(c.clone()), "i-od", config))
     }
 
     #[test]
@@ -567,7 +520,8 @@ mod tests {
             pdbs: vec![],
         };
         let config = config();
-        let index = SafetyIndex::new(&c, &config);
+        let view = ClusterView::new(c.clone());
+        let index = SafetyIndex::new(&view, &config);
         assert!(index.check("i-od").is_go());
         assert!(index.check("i-od2").is_go());
     }

@@ -5,7 +5,8 @@ use std::time::SystemTime;
 
 use super::{elapsed, Reason, Verdict};
 use crate::config::Config;
-use crate::model::{Activity, ClusterSnapshot, Group};
+use crate::model::{Activity, Group};
+use crate::view::ClusterView;
 
 /// Judges stability. `healthy_since` is when the monitor first saw the group healthy in the
 /// current unbroken run of healthy observations (`None` when it is not healthy now).
@@ -13,18 +14,19 @@ use crate::model::{Activity, ClusterSnapshot, Group};
 /// ```
 /// use std::time::{Duration, SystemTime};
 /// use spotguard_core::config::Config;
-/// use spotguard_core::model::{ClusterSnapshot, Group};
+/// use spotguard_core::model::Group;
 /// use spotguard_core::predicates::{stability, Reason};
+/// use spotguard_core::view::ClusterView;
 /// let g = Group { name: "web-spot".into(), min: 0, max: 5, desired: 0, instances: vec![], capacity_rebalance: false };
 /// let t0 = SystemTime::UNIX_EPOCH;
-/// let v = stability(&g, &[], Some(t0), &ClusterSnapshot::default(), t0 + Duration::from_secs(60), &Config::default());
+/// let v = stability(&g, &[], Some(t0), &ClusterView::default(), t0 + Duration::from_secs(60), &Config::default());
 /// assert!(matches!(v.reasons(), [Reason::HealthyTooShort { .. }]));
 /// ```
 pub fn stability(
     group: &Group,
     activities: &[Activity],
     healthy_since: Option<SystemTime>,
-    cluster: &ClusterSnapshot,
+    cluster: &ClusterView,
     now: SystemTime,
     config: &Config,
 ) -> Verdict {
@@ -70,7 +72,7 @@ pub fn stability(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ActivityStatus;
+    use crate::model::{ActivityStatus, ClusterSnapshot};
     use crate::predicates::fixtures::*;
     use std::time::Duration;
 
@@ -93,14 +95,28 @@ mod tests {
     fn stable_after_minimum_duration() {
         let g = group("s", 2, 2);
         let c = cluster_for(&g);
-        let v = stability(&g, &[], Some(t(0)), &c, t(120), &Config::default());
+        let v = stability(
+            &g,
+            &[],
+            Some(t(0)),
+            &ClusterView::new(c.clone()),
+            t(120),
+            &Config::default(),
+        );
         assert_eq!(v, Verdict::Go);
     }
 
     #[test]
     fn not_healthy() {
         let g = group("s", 2, 2);
-        let v = stability(&g, &[], None, &cluster_for(&g), t(0), &Config::default());
+        let v = stability(
+            &g,
+            &[],
+            None,
+            &ClusterView::new(cluster_for(&g)),
+            t(0),
+            &Config::default(),
+        );
         assert_eq!(v.reasons(), [Reason::NotHealthy { group: "s".into() }]);
     }
 
@@ -111,7 +127,7 @@ mod tests {
             &g,
             &[],
             Some(t(0)),
-            &cluster_for(&g),
+            &ClusterView::new(cluster_for(&g)),
             t(90),
             &Config::default(),
         );
@@ -138,7 +154,7 @@ mod tests {
             &g,
             &[a],
             Some(t(0)),
-            &cluster_for(&g),
+            &ClusterView::new(cluster_for(&g)),
             t(200),
             &Config::default(),
         );
@@ -157,7 +173,14 @@ mod tests {
         let mut c = cluster_for(&g);
         c.nodes[0].ready = false;
         c.nodes.pop();
-        let v = stability(&g, &[], Some(t(0)), &c, t(500), &Config::default());
+        let v = stability(
+            &g,
+            &[],
+            Some(t(0)),
+            &ClusterView::new(c.clone()),
+            t(500),
+            &Config::default(),
+        );
         assert_eq!(
             v.reasons(),
             [

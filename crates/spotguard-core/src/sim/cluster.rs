@@ -28,10 +28,11 @@ use super::scenario::{Capacity, ClusterSettings, Scenario, WorkloadKind};
 use super::world::{Shared, World};
 use crate::config::DrainOptions;
 use crate::model::{
-    CapacityType, ClusterSnapshot, LabelSelector, Node, OwnerKind, Pdb, Pod, Resources, Taint,
-    TaintEffect, Toleration, TolerationOperator,
+    CapacityType, LabelSelector, Node, OwnerKind, Pdb, Pod, Resources, Taint, TaintEffect,
+    Toleration, TolerationOperator,
 };
 use crate::ports::{Clock, Cluster, ClusterError, DrainReport, PodOutcome, PodReport, SkipReason};
+use crate::view::{ClusterView, ClusterViewBuilder};
 
 const MIB: u64 = 1 << 20;
 
@@ -332,25 +333,31 @@ impl ClusterState {
         }
     }
 
-    /// A consistent copy of nodes, pods and budgets, with each budget's allowance now.
-    pub fn snapshot(&self, now: SystemTime) -> ClusterSnapshot {
-        let mut pods: Vec<Pod> = self.pods.iter().map(|p| p.pod.clone()).collect();
+    /// A consistent copy of nodes, pods and budgets, with each budget's allowance now; pods
+    /// come grouped by node, as the simulator keeps them.
+    pub fn snapshot(&self, now: SystemTime) -> ClusterView {
+        let mut b = ClusterViewBuilder::with_capacity(self.nodes.len(), self.pods.len());
         for n in self.nodes.values() {
-            pods.extend(n.daemon_pods.iter().cloned());
+            let deployment = n.pods.iter().map(|&slot| self.pods[slot].pod.clone());
+            b.node(
+                n.node.clone(),
+                deployment.chain(n.daemon_pods.iter().cloned()),
+            );
         }
-        ClusterSnapshot {
-            nodes: self.nodes.values().map(|n| n.node.clone()).collect(),
-            pods,
-            pdbs: (0..self.pdbs.len())
-                .map(|i| {
-                    let mut pdb = self.pdbs[i].pdb.clone();
-                    pdb.disruptions_allowed = self
-                        .healthy_of(i, now)
-                        .saturating_sub(self.pdbs[i].min_available);
-                    pdb
-                })
-                .collect(),
-        }
+        b.pods(
+            self.pods
+                .iter()
+                .filter(|p| p.pod.node.as_ref().is_none_or(|n| !self.has_node(n)))
+                .map(|p| p.pod.clone()),
+        );
+        b.pdbs((0..self.pdbs.len()).map(|i| {
+            let mut pdb = self.pdbs[i].pdb.clone();
+            pdb.disruptions_allowed = self
+                .healthy_of(i, now)
+                .saturating_sub(self.pdbs[i].min_available);
+            pdb
+        }));
+        b.build()
     }
 
     /// Tries to evict one pod through the budgets: `Ok` when evicted, `Err(pdb)` when a
@@ -569,7 +576,7 @@ impl std::fmt::Debug for SimCluster {
 
 #[async_trait]
 impl Cluster for SimCluster {
-    async fn snapshot(&self) -> Result<Arc<ClusterSnapshot>, ClusterError> {
+    async fn snapshot(&self) -> Result<Arc<ClusterView>, ClusterError> {
         let w = self.world.lock();
         let now = w.now();
         Ok(Arc::new(w.cluster.snapshot(now)))
@@ -687,7 +694,7 @@ mod tests {
         }
     }
 
-    fn snapshot(world: &Shared) -> Arc<ClusterSnapshot> {
+    fn snapshot(world: &Shared) -> Arc<ClusterView> {
         block_on(cluster(world).snapshot()).unwrap()
     }
 
