@@ -159,15 +159,23 @@ impl<'a> SafetyIndex<'a> {
             (b.requests.cpu_millis, b.requests.memory_bytes)
                 .cmp(&(a.requests.cpu_millis, a.requests.memory_bytes))
         });
-        let mut free = self.free.clone();
+        // What this decision places on each node, kept aside so the shared free list is
+        // neither copied nor changed.
+        let mut taken: FxHashMap<usize, Resources> = FxHashMap::default();
+        let free = |taken: &FxHashMap<usize, Resources>, i: usize| match taken.get(&i) {
+            Some(t) => self.free[i].saturating_sub(t),
+            None => self.free[i],
+        };
         let mut placed = Resources::default();
         for pod in movers {
             let req = &pod.requests;
-            let spot = (0..self.nodes.len())
-                .find(|&i| i != c && self.target[i] && free[i].covers(req) && self.admits(i, pod));
+            let spot = (0..self.nodes.len()).find(|&i| {
+                i != c && self.target[i] && free(&taken, i).covers(req) && self.admits(i, pod)
+            });
             match spot {
                 Some(i) => {
-                    free[i] = free[i].saturating_sub(req);
+                    let t = taken.entry(i).or_default();
+                    *t = t.add(req);
                     placed = placed.add(req);
                 }
                 None => reasons.push(Reason::PodDoesNotFit {
