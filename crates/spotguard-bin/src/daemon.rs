@@ -1,8 +1,10 @@
 //! `spotguard run`: wires the engine to AWS and Kubernetes and runs the roles.
 //!
 //! Start-up only reads: the configuration is validated, the API server and Auto Scaling are
-//! reached (every configured group must exist), the watch caches sync and, for an agent, IMDS
-//! gives this node's instance id. Any failure there is one error line and a non-zero exit,
+//! reached (every configured group must exist), for an agent IMDS gives this node's instance
+//! id, and the watch caches sync. An agent alone (`role = "agent"`) caches every node but only
+//! the pods of its own node ([`CacheScope::Node`]): `daemon.node_name` when set, otherwise the
+//! node whose `spec.providerID` holds the instance id. Any failure there is one error line and a non-zero exit,
 //! with nothing changed anywhere. Only then do the roles start.
 
 use std::collections::HashSet;
@@ -15,10 +17,11 @@ use spotguard_aws::{AwsCloud, AwsError, NoticeWatcher};
 use spotguard_core::config::ConfigWarning;
 use spotguard_core::engine::Engine;
 use spotguard_core::ports::Clock;
+use spotguard_k8s::cache::node_name_for_instance;
 use spotguard_k8s::lease::default_identity;
 use spotguard_k8s::{
-    ConfigMapLedgerStore, KubeCluster, KubeClusterOptions, LeaderElector, LeaseLockConfig,
-    LeaseScaleLock, NodeEvents,
+    CacheScope, ConfigMapLedgerStore, KubeCluster, KubeClusterOptions, LeaderElector,
+    LeaseLockConfig, LeaseScaleLock, NodeEvents,
 };
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -29,7 +32,7 @@ use crate::endpoints::{Endpoints, Readiness};
 use crate::metrics::{Metered, Metrics};
 use crate::observer::{publish_node_events, DaemonObserver};
 use crate::roles::{run_agent, run_controller};
-use crate::settings::{DaemonConfig, LogFormat, SettingsError};
+use crate::settings::{DaemonConfig, LogFormat, Role, SettingsError};
 use crate::shutdown::{self, Shutdown};
 
 /// The engine as the daemon wires it.
@@ -102,6 +105,9 @@ pub enum StartError {
     /// IMDS could not be reached.
     #[error("cannot read this node's instance id from IMDS: {0}")]
     Imds(String),
+    /// An agent without `daemon.node_name` found no node for its instance.
+    #[error("{0}")]
+    OwnNode(String),
 }
 
 impl StartError {
@@ -200,6 +206,39 @@ async fn kube_config(config: &DaemonConfig) -> Result<kube::Config, StartError> 
                 source_hint: String::new(),
                 message: one_line(e),
             }),
+    }
+}
+
+/// The agent's own node: `daemon.node_name` (`SPOTGUARD_NODE_NAME`, which the chart sets from
+/// `spec.nodeName`) when set, otherwise the node whose `spec.providerID` names `instance`,
+/// found with one paged list of the nodes.
+async fn own_node(
+    d: &crate::settings::DaemonSettings,
+    client: &kube::Client,
+    instance: &str,
+    within: Duration,
+) -> Result<String, StartError> {
+    if let Some(name) = &d.node_name {
+        return Ok(name.clone());
+    }
+    let unresolved = |why: String| {
+        StartError::OwnNode(format!(
+            "cannot find this agent's node for instance {instance}: {why} (set daemon.node_name / SPOTGUARD_NODE_NAME)"
+        ))
+    };
+    match tokio::time::timeout(within, node_name_for_instance(client.clone(), instance)).await {
+        Ok(Ok(Some(name))) => {
+            tracing::info!(%instance, node = %name, "daemon.node_name not set; found this agent's node by its instance id");
+            Ok(name)
+        }
+        Ok(Ok(None)) => Err(unresolved(format!(
+            "no node has {instance} in its spec.providerID"
+        ))),
+        Ok(Err(e)) => Err(unresolved(one_line(e))),
+        Err(_) => Err(unresolved(format!(
+            "no answer within {} (daemon.startup_timeout)",
+            humantime::format_duration(within)
+        ))),
     }
 }
 
@@ -314,41 +353,8 @@ async fn serve(config: DaemonConfig, warnings: Vec<ConfigWarning>) -> Result<(),
     let counter = cloud.counter().clone();
     metrics.on_scrape(move |m| m.sync_aws(&counter));
 
-    // Kubernetes caches.
-    let events_on = d.events && !d.dry_run;
-    let instance_name = std::env::var("POD_NAME")
-        .ok()
-        .or_else(|| d.node_name.clone());
-    let cluster = KubeCluster::from_config(
-        kube_config,
-        KubeClusterOptions {
-            event_reporter: events_on.then(|| "spotguard".to_string()),
-            event_instance: instance_name.clone(),
-            ..KubeClusterOptions::default()
-        },
-    )
-    .map_err(|e| StartError::ApiServer {
-        url: url.clone(),
-        message: one_line(e),
-    })?;
-    match tokio::time::timeout(within, cluster.ready()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            return Err(StartError::Caches {
-                within: humantime::format_duration(within).to_string(),
-                message: one_line(e),
-            })
-        }
-        Err(_) => {
-            return Err(StartError::Caches {
-                within: humantime::format_duration(within).to_string(),
-                message: "still listing".into(),
-            })
-        }
-    }
-    Readiness::set(&readiness.caches_synced);
-
-    // Agent: this node's instance, read before anything acts.
+    // Agent: this node's instance, read before anything acts (and before the caches, which an
+    // agent scopes to its node).
     let watcher = if role.runs_agent() {
         let mut b = NoticeWatcher::builder();
         if let Some(endpoint) = &d.imds_endpoint {
@@ -377,6 +383,50 @@ async fn serve(config: DaemonConfig, warnings: Vec<ConfigWarning>) -> Result<(),
         None
     };
 
+    // An agent alone caches every node but only its own node's pods, and no PDBs.
+    let agent_node = match (&watcher, role) {
+        (Some(w), Role::Agent) => Some(own_node(&d, &client, w.instance_id(), within).await?),
+        _ => None,
+    };
+
+    // Kubernetes caches.
+    let events_on = d.events && !d.dry_run;
+    let instance_name = std::env::var("POD_NAME")
+        .ok()
+        .or_else(|| d.node_name.clone());
+    let cluster = KubeCluster::from_config(
+        kube_config,
+        KubeClusterOptions {
+            event_reporter: events_on.then(|| "spotguard".to_string()),
+            event_instance: instance_name.clone(),
+            cache_scope: match &agent_node {
+                Some(name) => CacheScope::Node { name: name.clone() },
+                None => CacheScope::Cluster,
+            },
+            ..KubeClusterOptions::default()
+        },
+    )
+    .map_err(|e| StartError::ApiServer {
+        url: url.clone(),
+        message: one_line(e),
+    })?;
+    match tokio::time::timeout(within, cluster.ready()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            return Err(StartError::Caches {
+                within: humantime::format_duration(within).to_string(),
+                message: one_line(e),
+            })
+        }
+        Err(_) => {
+            return Err(StartError::Caches {
+                within: humantime::format_duration(within).to_string(),
+                message: "still listing".into(),
+            })
+        }
+    }
+    Readiness::set(&readiness.caches_synced);
+
     // The engine and its observer.
     let on_demand: HashSet<String> = config
         .engine
@@ -393,7 +443,7 @@ async fn serve(config: DaemonConfig, warnings: Vec<ConfigWarning>) -> Result<(),
         ));
         observer = observer.with_events(sender);
     }
-    if let (Some(w), Some(node)) = (&watcher, &d.node_name) {
+    if let (Some(w), Some(node)) = (&watcher, agent_node.as_ref().or(d.node_name.as_ref())) {
         observer = observer.with_own_node(w.instance_id().to_string(), node.clone());
     }
     let identity = default_identity();

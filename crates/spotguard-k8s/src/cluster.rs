@@ -7,13 +7,15 @@ use async_trait::async_trait;
 use k8s_openapi::api::core::v1::Node;
 use kube::{Api, Client};
 use spotguard_core::config::DrainOptions;
-use spotguard_core::model::{ClusterSnapshot, Taint};
+use spotguard_core::model::Taint;
 use spotguard_core::ports::{Cluster, ClusterError, DrainReport};
+use spotguard_core::view::ClusterView;
 
+use crate::cache::{CacheScope, SnapshotCache};
 use crate::drain;
 use crate::error::Error;
 use crate::events::NodeEvents;
-use crate::snapshot::{CapacityLabels, SnapshotCache};
+use crate::snapshot::CapacityLabels;
 use crate::taint::{self, WritePolicy};
 
 /// Settings of [`KubeCluster`].
@@ -31,6 +33,10 @@ pub struct KubeClusterOptions {
     pub event_reporter: Option<String>,
     /// Reporting instance of the events (e.g. the pod name).
     pub event_instance: Option<String>,
+    /// What the watch caches hold (default [`CacheScope::Cluster`]): an agent uses
+    /// [`CacheScope::Node`], whose snapshots hold every node but only its own node's pods and
+    /// no PodDisruptionBudget.
+    pub cache_scope: CacheScope,
 }
 
 impl Default for KubeClusterOptions {
@@ -41,6 +47,7 @@ impl Default for KubeClusterOptions {
             sync_timeout: Duration::from_secs(30),
             event_reporter: Some("spotguard".into()),
             event_instance: std::env::var("POD_NAME").ok(),
+            cache_scope: CacheScope::default(),
         }
     }
 }
@@ -94,7 +101,11 @@ impl KubeCluster {
         });
         Self {
             nodes: Api::all(client.clone()),
-            cache: SnapshotCache::start(client.clone()),
+            cache: SnapshotCache::start(
+                client.clone(),
+                &options.cache_scope,
+                options.capacity_labels.clone(),
+            ),
             client,
             evictions,
             events,
@@ -102,16 +113,22 @@ impl KubeCluster {
         }
     }
 
-    /// Waits until the watch caches have listed nodes, pods and PDBs once (for readiness
-    /// probes).
+    /// Waits until the watch caches have listed their objects once: nodes, pods and (in
+    /// [`CacheScope::Cluster`]) PDBs. For readiness probes.
     pub async fn ready(&self) -> Result<(), Error> {
         self.cache.ready().await
     }
 
-    /// The snapshot as this crate's error type.
-    pub async fn snapshot_now(&self) -> Result<ClusterSnapshot, Error> {
+    /// The snapshot as this crate's error type: the same `Arc` as the last one while the
+    /// caches saw no change (see [`SnapshotCache::snapshot`]).
+    pub async fn snapshot_now(&self) -> Result<Arc<ClusterView>, Error> {
         self.cache.ready_within(self.options.sync_timeout).await?;
-        self.cache.snapshot(&self.options.capacity_labels)
+        self.cache.snapshot()
+    }
+
+    /// The watch caches.
+    pub fn cache(&self) -> &SnapshotCache {
+        &self.cache
     }
 
     /// The event publisher, when events are enabled.
@@ -130,10 +147,9 @@ impl KubeCluster {
 
 #[async_trait]
 impl Cluster for KubeCluster {
-    async fn snapshot(&self) -> Result<Arc<ClusterSnapshot>, ClusterError> {
+    async fn snapshot(&self) -> Result<Arc<ClusterView>, ClusterError> {
         self.snapshot_now()
             .await
-            .map(Arc::new)
             .map_err(|e| e.into_cluster_error("snapshot", None))
     }
 

@@ -3,7 +3,9 @@
 //! Spot Guard's Kubernetes adapter. It implements the core's ports over [`kube`]:
 //!
 //! - [`KubeCluster`] — the [`spotguard_core::ports::Cluster`] port: snapshots of nodes, pods
-//!   and PodDisruptionBudgets from watch-backed caches, node taints, cordon and annotations
+//!   and PodDisruptionBudgets from watch-backed caches that keep only the core model
+//!   ([`SnapshotCache`], scoped to one node's pods for an agent with [`CacheScope`]), node
+//!   taints, cordon and annotations
 //!   written with optimistic concurrency, and a drain through the Eviction API that respects
 //!   PDBs like `kubectl drain` does.
 //! - [`ConfigMapLedgerStore`] — the [`spotguard_core::ports::LedgerStore`] port: the fallback
@@ -39,6 +41,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod cache;
 pub mod cluster;
 pub mod drain;
 pub mod error;
@@ -51,6 +54,7 @@ pub mod taint;
 #[cfg(feature = "test-util")]
 pub mod testing;
 
+pub use cache::{CacheScope, SnapshotCache};
 pub use cluster::{KubeCluster, KubeClusterOptions};
 pub use error::Error;
 pub use events::NodeEvents;

@@ -1,15 +1,14 @@
-//! Translation of Kubernetes nodes, pods and PodDisruptionBudgets into the core model, and
-//! the watch-backed cache ([`SnapshotCache`]) the snapshots are read from.
+//! Translation of Kubernetes nodes, pods and PodDisruptionBudgets into the core model. The
+//! watch-backed cache the snapshots are read from is [`crate::cache::SnapshotCache`].
 //!
 //! The translation is exact: quantities are parsed into integers ([`crate::quantity`]), a
 //! pod's requests are counted as the scheduler counts them, and anything Spot Guard cannot
 //! translate is an [`Error`] naming the object and the field.
 
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{
     Container, Node as KNode, NodeSelectorRequirement, Pod as KPod, Taint as KTaint,
     Toleration as KToleration,
@@ -19,15 +18,11 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity as KQuantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelector as KLabelSelector, LabelSelectorRequirement,
 };
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{watcher, WatchStreamExt};
-use kube::{Api, Client};
 use spotguard_core::model::{
     instance_id_from_provider_id, CapacityType, ClusterSnapshot, LabelSelector, Node,
     NodeSelectorTerm, OwnerKind, Pdb, Pod, Resources, SelectorOperator, SelectorRequirement, Taint,
     TaintEffect, Toleration, TolerationOperator,
 };
-use tokio::task::JoinHandle;
 
 use crate::error::{object_name, Error};
 use crate::quantity;
@@ -421,7 +416,39 @@ pub fn pdb_from_k8s(pdb: &PodDisruptionBudget) -> Result<Option<Pdb>, Error> {
     }))
 }
 
-/// Translates whole lists into a [`ClusterSnapshot`] (sorted by name for stable output).
+/// The bytes of `namespace/name`, without building the string.
+fn key_bytes<'a>(namespace: &'a str, name: &'a str) -> impl Iterator<Item = u8> + 'a {
+    namespace
+        .bytes()
+        .chain(std::iter::once(b'/'))
+        .chain(name.bytes())
+}
+
+/// `namespace/name` ordering.
+fn by_key(a: (&str, &str), b: (&str, &str)) -> Ordering {
+    if a.0 == b.0 {
+        return a.1.cmp(b.1);
+    }
+    key_bytes(a.0, a.1).cmp(key_bytes(b.0, b.1))
+}
+
+/// The order of a snapshot: nodes by name, PDBs by `namespace/name`, and pods by node name
+/// (pods without a node last), then `namespace/name`, so a node's pods are one run.
+pub fn sort_snapshot(snapshot: &mut ClusterSnapshot) {
+    snapshot.nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    snapshot
+        .pdbs
+        .sort_by(|a, b| by_key((&a.namespace, &a.name), (&b.namespace, &b.name)));
+    snapshot.pods.sort_by(|a, b| {
+        a.node
+            .is_none()
+            .cmp(&b.node.is_none())
+            .then_with(|| a.node.cmp(&b.node))
+            .then_with(|| by_key((&a.namespace, &a.name), (&b.namespace, &b.name)))
+    });
+}
+
+/// Translates whole lists into a [`ClusterSnapshot`], ordered by [`sort_snapshot`].
 pub fn snapshot_from_k8s(
     nodes: &[Arc<KNode>],
     pods: &[Arc<KPod>],
@@ -442,112 +469,8 @@ pub fn snapshot_from_k8s(
             .filter_map(|p| pdb_from_k8s(p).transpose())
             .collect::<Result<_, _>>()?,
     };
-    snapshot.nodes.sort_by(|a, b| a.name.cmp(&b.name));
-    snapshot.pods.sort_by_key(|p| p.key());
-    snapshot.pdbs.sort_by_key(|p| p.key());
+    sort_snapshot(&mut snapshot);
     Ok(snapshot)
-}
-
-/// Watch-backed caches of nodes, pods and PDBs (kube reflectors), so a snapshot costs no API
-/// call. The watches run on tokio tasks that stop when the cache is dropped.
-pub struct SnapshotCache {
-    nodes: Store<KNode>,
-    pods: Store<KPod>,
-    pdbs: Store<PodDisruptionBudget>,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-fn spawn_reflector<K>(api: Api<K>) -> (Store<K>, JoinHandle<()>)
-where
-    K: kube::Resource
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
-{
-    let (reader, writer) = reflector::store();
-    let stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .reflect(writer);
-    let task = tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
-            if let Err(e) = event {
-                tracing::warn!(error = %e, "watch failed; retrying with backoff");
-            }
-        }
-    });
-    (reader, task)
-}
-
-impl SnapshotCache {
-    /// Starts the watches. Must be called inside a tokio runtime.
-    pub fn start(client: Client) -> Self {
-        let (nodes, a) = spawn_reflector(Api::<KNode>::all(client.clone()));
-        let (pods, b) = spawn_reflector(Api::<KPod>::all(client.clone()));
-        let (pdbs, c) = spawn_reflector(Api::<PodDisruptionBudget>::all(client));
-        Self {
-            nodes,
-            pods,
-            pdbs,
-            tasks: vec![a, b, c],
-        }
-    }
-
-    /// Waits until every cache has listed the cluster once.
-    pub async fn ready(&self) -> Result<(), Error> {
-        let not_ready = |resource: &str| Error::NotReady {
-            resource: resource.into(),
-        };
-        self.nodes
-            .wait_until_ready()
-            .await
-            .map_err(|_| not_ready("nodes"))?;
-        self.pods
-            .wait_until_ready()
-            .await
-            .map_err(|_| not_ready("pods"))?;
-        self.pdbs
-            .wait_until_ready()
-            .await
-            .map_err(|_| not_ready("poddisruptionbudgets"))
-    }
-
-    /// Waits up to `timeout` for [`SnapshotCache::ready`].
-    pub async fn ready_within(&self, timeout: Duration) -> Result<(), Error> {
-        match tokio::time::timeout(timeout, self.ready()).await {
-            Ok(result) => result,
-            Err(_) => Err(Error::NotReady {
-                resource: "nodes, pods and poddisruptionbudgets".into(),
-            }),
-        }
-    }
-
-    /// The cached node with this name.
-    pub fn node(&self, name: &str) -> Option<Arc<KNode>> {
-        self.nodes.get(&reflector::ObjectRef::new(name))
-    }
-
-    /// Translates the cached objects.
-    pub fn snapshot(&self, labels: &CapacityLabels) -> Result<ClusterSnapshot, Error> {
-        snapshot_from_k8s(
-            &self.nodes.state(),
-            &self.pods.state(),
-            &self.pdbs.state(),
-            labels,
-        )
-    }
-}
-
-impl Drop for SnapshotCache {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-    }
 }
 
 #[cfg(test)]

@@ -586,7 +586,7 @@ async fn route(
 }
 
 struct WatchState {
-    backlog: VecDeque<Arc<Change>>,
+    backlog: VecDeque<Bytes>,
     rx: broadcast::Receiver<Arc<Change>>,
     after: u64,
     resource: ResourceId,
@@ -597,20 +597,42 @@ struct WatchState {
 }
 
 impl WatchState {
-    fn wanted(&self, c: &Change) -> bool {
-        c.resource == self.resource
-            && self
-                .namespace
-                .as_deref()
-                .is_none_or(|ns| c.object["metadata"]["namespace"].as_str() == Some(ns))
-            && self.labels.matches(&c.object)
-            && self.fields.matches(&c.object)
+    /// Whether the watch's namespace and selectors select this state of an object.
+    fn selects(&self, object: &Value) -> bool {
+        self.namespace
+            .as_deref()
+            .is_none_or(|ns| object["metadata"]["namespace"].as_str() == Some(ns))
+            && self.labels.matches(object)
+            && self.fields.matches(object)
+    }
+
+    /// The event this watch sends for a change, as the API server's watch cache does: a
+    /// modification that makes an object enter the selection is `ADDED`, one that makes it
+    /// leave is `DELETED` (the object as it was, at the change's resourceVersion).
+    fn event(&self, c: &Change) -> Option<Bytes> {
+        if c.resource != self.resource {
+            return None;
+        }
+        let now = self.selects(&c.object);
+        if c.kind != "MODIFIED" {
+            return now.then(|| event_line(c.kind, &c.object));
+        }
+        let before = c.previous.as_ref().is_some_and(|p| self.selects(p));
+        match (before, now) {
+            (true, true) => Some(event_line("MODIFIED", &c.object)),
+            (false, true) => Some(event_line("ADDED", &c.object)),
+            (true, false) => {
+                let mut gone = c.previous.clone().unwrap_or_default();
+                gone["metadata"]["resourceVersion"] = json!(c.rv.to_string());
+                Some(event_line("DELETED", &gone))
+            }
+            (false, false) => None,
+        }
     }
 }
 
-fn event_line(c: &Change) -> Bytes {
-    let mut line =
-        serde_json::to_vec(&json!({"type": c.kind, "object": c.object})).unwrap_or_default();
+fn event_line(kind: &str, object: &Value) -> Bytes {
+    let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
     line.push(b'\n');
     Bytes::from(line)
 }
@@ -646,6 +668,7 @@ fn watch(
                     resource,
                     kind: "ADDED",
                     object,
+                    previous: None,
                 })
                 .collect(),
         };
@@ -661,15 +684,11 @@ fn watch(
         fields,
         deadline: tokio::time::Instant::now() + std::time::Duration::from_secs(timeout),
     };
-    st.backlog = backlog
-        .into_iter()
-        .filter(|c| st.wanted(c))
-        .map(Arc::new)
-        .collect();
+    st.backlog = backlog.iter().filter_map(|c| st.event(c)).collect();
     let stream = futures::stream::unfold(st, |mut st| async move {
         loop {
-            if let Some(c) = st.backlog.pop_front() {
-                return Some((Ok::<_, Infallible>(Frame::data(event_line(&c))), st));
+            if let Some(line) = st.backlog.pop_front() {
+                return Some((Ok::<_, Infallible>(Frame::data(line)), st));
             }
             let next = tokio::time::timeout_at(st.deadline, st.rx.recv()).await;
             let change = match next {
@@ -677,11 +696,13 @@ fn watch(
                 // Timed out, lagged behind or shut down: end the stream; clients re-watch.
                 _ => return None,
             };
-            if change.rv <= st.after || !st.wanted(&change) {
+            if change.rv <= st.after {
                 continue;
             }
             st.after = change.rv;
-            return Some((Ok(Frame::data(event_line(&change))), st));
+            if let Some(line) = st.event(&change) {
+                return Some((Ok(Frame::data(line)), st));
+            }
         }
     });
     Response::builder()

@@ -251,6 +251,9 @@ pub struct Change {
     pub kind: &'static str,
     /// The object after the change (before it, for deletions).
     pub object: Value,
+    /// The object before a `MODIFIED` change: a watch with a selector needs both to tell an
+    /// object entering its selection (`ADDED`) from one leaving it (`DELETED`).
+    pub previous: Option<Value>,
 }
 
 /// What the kubelet or a controller does to a pod later.
@@ -448,12 +451,13 @@ impl State {
             .as_str()
             .unwrap_or_default()
             .to_string();
-        self.objects.insert((resource, ns, name), object.clone());
+        let previous = self.objects.insert((resource, ns, name), object.clone());
         let change = Change {
             rv: self.rv,
             resource,
             kind,
             object: object.clone(),
+            previous: previous.filter(|_| kind == "MODIFIED"),
         };
         self.history.push(change.clone());
         changes.push(change);
@@ -477,6 +481,7 @@ impl State {
             resource,
             kind: "DELETED",
             object: object.clone(),
+            previous: None,
         };
         self.history.push(change.clone());
         changes.push(change);
