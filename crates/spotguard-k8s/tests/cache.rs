@@ -201,3 +201,60 @@ async fn node_scope_holds_every_node_and_only_its_own_pods() {
     let pods: Vec<&str> = snap.pods.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(pods, ["later"]);
 }
+
+#[tokio::test]
+async fn fake_lists_in_pages() {
+    let fake = FakeApiServer::start().await;
+    for i in 0..7 {
+        fake.create(PodBuilder::new("shop", &format!("web-{i}"), "n1").build());
+    }
+    fake.create(PodBuilder::new("other", "elsewhere", "n2").build());
+    let pods: Api<KPod> = Api::all(fake.client());
+    let mut params = ListParams::default().fields("spec.nodeName=n1").limit(3);
+    let mut pages = Vec::new();
+    let mut versions = Vec::new();
+    loop {
+        let page = pods.list(&params).await.unwrap();
+        pages.push(page.items.iter().map(|p| p.name_any()).collect::<Vec<_>>());
+        versions.push(page.metadata.resource_version.clone().unwrap());
+        // A change between pages does not move the list's resourceVersion.
+        fake.create(PodBuilder::new("zz", &format!("late-{}", pages.len()), "n3").build());
+        match page.metadata.continue_.filter(|t| !t.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => break,
+        }
+    }
+    assert_eq!(
+        pages,
+        [
+            vec!["web-0", "web-1", "web-2"],
+            vec!["web-3", "web-4", "web-5"],
+            vec!["web-6"]
+        ]
+    );
+    assert!(versions.iter().all(|v| *v == versions[0]), "{versions:?}");
+    let all = pods.list(&ListParams::default()).await.unwrap();
+    assert_eq!(all.items.len(), 11);
+    assert!(all.metadata.continue_.is_none_or(|t| t.is_empty()));
+}
+
+#[tokio::test]
+async fn caches_list_in_pages() {
+    let fake = FakeApiServer::start().await;
+    for i in 0..250 {
+        fake.create(node(&format!("n{i:03}"), &format!("i-{i:03}"), "SPOT"));
+    }
+    let cluster = common::cluster(&fake).await;
+    assert_eq!(cluster.snapshot().await.unwrap().nodes.len(), 250);
+    let node_lists = fake
+        .requests()
+        .into_iter()
+        .filter(|(m, p, _)| m == "GET" && p.starts_with("/api/v1/nodes?") && !p.contains("watch="))
+        .count();
+    assert_eq!(
+        node_lists,
+        3,
+        "250 nodes in pages of {}",
+        spotguard_k8s::cache::LIST_PAGE_SIZE
+    );
+}

@@ -276,6 +276,13 @@ fn selectors(query: &HashMap<String, String>) -> Result<(LabelQuery, FieldQuery)
     ))
 }
 
+/// `<resourceVersion>:<namespace>:<name>`, as the fake's list pages hand it out.
+fn parse_continue(token: &str) -> Option<(u64, String, String)> {
+    let mut parts = token.splitn(3, ':');
+    let rv = parts.next()?.parse().ok()?;
+    Some((rv, parts.next()?.to_string(), parts.next()?.to_string()))
+}
+
 /// A parsed resource path.
 struct Target {
     resource: ResourceId,
@@ -503,22 +510,45 @@ async fn route(
             if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) {
                 return watch(shared, res, target.namespace, labels, fields, query);
             }
-            let (items, rv) = {
-                let state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
-                (
-                    state.list(res, ns, &labels, &fields),
-                    state.resource_version(),
-                )
+            // Pages: `limit`, and `continue` with the token of the previous page, which
+            // carries the first page's resourceVersion (every page reports it, as the API
+            // server does) and the key of the last object handed out.
+            let limit = query
+                .get("limit")
+                .and_then(|l| l.parse::<usize>().ok())
+                .filter(|l| *l > 0);
+            let token = match query.get("continue").filter(|t| !t.is_empty()) {
+                Some(t) => match parse_continue(t) {
+                    Some(parsed) => Some(parsed),
+                    None => {
+                        return error_response(&ApiError::new(
+                            400,
+                            "BadRequest",
+                            format!("invalid continue token {t:?}"),
+                        ))
+                    }
+                },
+                None => None,
             };
-            if wants_table {
-                Ok((200, table(res, &items, rv)))
+            let (items, next, rv) = {
+                let state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+                let (first_rv, after) = match token {
+                    Some((rv, ns, name)) => (rv, Some((ns, name))),
+                    None => (state.resource_version(), None),
+                };
+                let (items, next) = state.list_page(res, ns, &labels, &fields, after, limit);
+                (items, next, first_rv)
+            };
+            let mut list = if wants_table {
+                table(res, &items, rv)
             } else {
                 let r = &RESOURCES[res];
-                Ok((
-                    200,
-                    json!({"kind": format!("{}List", r.kind), "apiVersion": r.api_version(), "metadata": {"resourceVersion": rv.to_string()}, "items": items}),
-                ))
+                json!({"kind": format!("{}List", r.kind), "apiVersion": r.api_version(), "metadata": {"resourceVersion": rv.to_string()}, "items": items})
+            };
+            if let Some((ns, name)) = next {
+                list["metadata"]["continue"] = json!(format!("{rv}:{ns}:{name}"));
             }
+            Ok((200, list))
         }
         (&Method::GET, Some(name), _) => {
             shared

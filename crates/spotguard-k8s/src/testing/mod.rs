@@ -12,8 +12,12 @@
 //! - one resourceVersion counter; a replace or patch carrying a stale resourceVersion gets
 //!   409, a failed JSON patch `test` 422, a duplicate create 409 `AlreadyExists`;
 //! - label selectors and field selectors on any dotted path (`spec.nodeName=...`);
+//! - lists in pages (`limit`, then `continue` with the previous page's token), every page
+//!   carrying the first page's resourceVersion;
 //! - watches (`?watch=true`) as JSON lines: from a resourceVersion out of the full history,
-//!   or the current objects as `ADDED` first, then live changes until `timeoutSeconds`;
+//!   or the current objects as `ADDED` first, then live changes until `timeoutSeconds`; with
+//!   a selector, an object modified into the selection arrives as `ADDED` and one modified
+//!   out of it as `DELETED`, as the API server reports them;
 //! - `meta.k8s.io/v1` Tables for `kubectl get`;
 //! - graceful pod deletion: `deletionTimestamp`, then removal after
 //!   [`FakeConfig::termination_delay`] (at once for a zero grace period, an unbound or a

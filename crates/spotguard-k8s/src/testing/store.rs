@@ -534,6 +534,44 @@ impl State {
             .collect()
     }
 
+    /// One page of [`State::list`]: at most `limit` objects (all when `None`) whose
+    /// `(namespace, name)` comes after `after`, in that order, and the key of the last one
+    /// when more objects follow.
+    pub fn list_page(
+        &self,
+        resource: ResourceId,
+        namespace: Option<&str>,
+        labels: &LabelQuery,
+        fields: &FieldQuery,
+        after: Option<(String, String)>,
+        limit: Option<usize>,
+    ) -> (Vec<Value>, Option<(String, String)>) {
+        use std::ops::Bound;
+        let start = match after {
+            Some((ns, name)) => Bound::Excluded((resource, ns, name)),
+            None => Bound::Included((resource, String::new(), String::new())),
+        };
+        let limit = limit.unwrap_or(usize::MAX);
+        let mut items = Vec::new();
+        let mut matching = self
+            .objects
+            .range((start, Bound::Unbounded))
+            .take_while(|((r, _, _), _)| *r == resource)
+            .filter(|((_, ns, _), o)| {
+                namespace.is_none_or(|n| n == ns) && labels.matches(o) && fields.matches(o)
+            });
+        let mut last = None;
+        for ((_, ns, name), o) in matching.by_ref() {
+            items.push(o.clone());
+            last = Some((ns.clone(), name.clone()));
+            if items.len() == limit {
+                break;
+            }
+        }
+        let more = matching.next().is_some();
+        (items, last.filter(|_| more))
+    }
+
     /// Changes after `rv` (for watches resuming from a resourceVersion).
     pub fn history_after(&self, rv: u64) -> Vec<Change> {
         let start = self.history.partition_point(|c| c.rv <= rv);
