@@ -6,9 +6,10 @@
 //!   the spot pre-scale reaches the proxy in front of moto is recorded. Each notice is for a
 //!   fresh spot instance watched by a fresh agent; the flow (pre-scale, drain, payback) is let
 //!   finish before the next. `SPOTGUARD_BENCH_NOTICES` sets the number of notices (50).
-//! - Footprint: idle RSS (VmRSS) and CPU (utime + stime over 30s, `SPOTGUARD_BENCH_IDLE_SECS`)
-//!   of `spotguard run --role agent` and `--role controller` with the production timings,
-//!   while the API server holds 1,000 nodes and 10,000 pods.
+//! - Footprint: idle RSS (VmRSS), peak RSS (VmHWM) and CPU (utime + stime over 30s,
+//!   `SPOTGUARD_BENCH_IDLE_SECS`) of `spotguard run --role agent` and `--role controller` with
+//!   the production timings, while the API server holds 1,000 nodes and 10,000 pods; and of an
+//!   agent before those are added (the test groups' few nodes): the process's baseline.
 //!
 //! Prints markdown tables.
 #![cfg(feature = "daemon")]
@@ -66,6 +67,19 @@ fn rss(pid: u32) -> (u64, u64) {
             .unwrap_or(0)
     };
     (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// The resident memory by kind (heap and stacks, the mapped binary and libraries), for the log.
+fn memory_breakdown(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .filter(|l| {
+            l.starts_with("RssAnon:") || l.starts_with("RssFile:") || l.starts_with("Threads:")
+        })
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// utime + stime of a process, in clock ticks.
@@ -170,6 +184,7 @@ async fn footprint(world: &World, role: &'static str, idle: Duration) -> Footpri
     let used = cpu_ticks(pid) - start;
     daemon.assert_running();
     let (rss_kib, hwm_kib) = rss(pid);
+    eprintln!("{role}: {}", memory_breakdown(pid));
     daemon.terminate();
     daemon.wait_exit(Duration::from_secs(30)).await;
     Footprint {
@@ -195,6 +210,10 @@ async fn main() {
     .await;
 
     let latencies = reaction_latency(&world, notices).await;
+    production_timings(&world, true);
+    let nodes_before = world.fake.list("", "nodes", None).len();
+    let pods_before = world.fake.list("", "pods", None).len();
+    let baseline = footprint(&world, "agent", idle).await;
 
     // A 1,000-node cluster with 10,000 pods for the caches.
     for i in 0..1_000 {
@@ -212,7 +231,6 @@ async fn main() {
             );
         }
     }
-    production_timings(&world, true);
     let agent = footprint(&world, "agent", idle).await;
     let controller = footprint(&world, "controller", idle).await;
 
@@ -238,10 +256,16 @@ async fn main() {
         idle.as_secs()
     );
     println!("|---|---|---:|---:|---:|---:|---|");
-    for (f, target_mib) in [(agent, 16.0), (controller, 64.0)] {
+    let small = format!("{nodes_before} nodes, {pods_before} pods (baseline)");
+    let large = "1,000 nodes, 10,000 pods".to_string();
+    for (f, cluster, target_mib) in [
+        (baseline, small, 16.0),
+        (agent, large.clone(), 16.0),
+        (controller, large, 64.0),
+    ] {
         let mib = f.rss_kib as f64 / 1024.0;
         println!(
-            "| {} | 1,000 nodes, 10,000 pods | {:.1} MiB | {:.1} MiB | {:.2}% of one core | < {:.0} MiB | {} |",
+            "| {} | {cluster} | {:.1} MiB | {:.1} MiB | {:.2}% of one core | < {:.0} MiB | {} |",
             f.role,
             mib,
             f.hwm_kib as f64 / 1024.0,
