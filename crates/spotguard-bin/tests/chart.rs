@@ -264,8 +264,8 @@ fn default_values_render_valid_objects_with_least_privilege() {
     assert_eq!(c_security.read_only_root_filesystem, Some(true));
     assert_eq!(c_security.allow_privilege_escalation, Some(false));
     let resources = container.resources.as_ref().unwrap();
-    assert_eq!(resources.requests.as_ref().unwrap()["memory"].0, "64Mi");
-    assert_eq!(resources.limits.as_ref().unwrap()["memory"].0, "256Mi");
+    assert_eq!(resources.requests.as_ref().unwrap()["memory"].0, "32Mi");
+    assert_eq!(resources.limits.as_ref().unwrap()["memory"].0, "128Mi");
 
     // The controller: 2 replicas behind a PDB that keeps one.
     let controller: Deployment = typed(one(&manifests, "Deployment"));
