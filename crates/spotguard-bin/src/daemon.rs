@@ -4,8 +4,8 @@
 //! reached (every configured group must exist), for an agent IMDS gives this node's instance
 //! id, and the watch caches sync. An agent alone (`role = "agent"`) caches every node but only
 //! the pods of its own node ([`CacheScope::Node`]): `daemon.node_name` when set, otherwise the
-//! node whose `spec.providerID` holds the instance id. Any failure there is one error line and a non-zero exit,
-//! with nothing changed anywhere. Only then do the roles start.
+//! node whose `spec.providerID` holds the instance id. Any failure there is one error line and
+//! a non-zero exit, with nothing changed anywhere. Only then do the roles start.
 
 use std::collections::HashSet;
 use std::process::ExitCode;
@@ -91,7 +91,7 @@ pub enum StartError {
     },
     /// The watch caches did not sync.
     #[error(
-        "the Kubernetes watch caches (nodes, pods, PDBs) did not sync within {within}: {message}"
+        "the Kubernetes watch caches (nodes, pods and, unless an agent, PDBs) did not sync within {within}: {message}"
     )]
     Caches {
         /// The bound.

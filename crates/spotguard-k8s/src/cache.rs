@@ -4,9 +4,10 @@
 //! Each watch translates an object the moment it arrives ([`node_from_k8s`],
 //! [`pod_from_k8s`], [`pdb_from_k8s`]) and drops the Kubernetes object; the cache holds the
 //! translated objects by name (nodes) or `namespace/name` (pods, PDBs). Every change bumps a
-//! generation counter, and [`SnapshotCache::snapshot`] hands out the same
-//! `Arc<ClusterSnapshot>` until something changes, so an idle cluster costs neither a copy nor
-//! a translation per snapshot.
+//! generation counter, and [`SnapshotCache::snapshot`] hands out the same `Arc<ClusterView>`
+//! until something changes, so an idle cluster costs neither a copy nor a translation per
+//! snapshot. The view is built with each node's pods next to it
+//! ([`ClusterViewBuilder`]), so its per-node lookups cost nothing more.
 //!
 //! [`CacheScope`] narrows what is watched: an agent only needs every node and the pods of its
 //! own node.
