@@ -188,9 +188,17 @@ impl FakeApiServer {
         namespace: Option<&str>,
         name: &str,
     ) -> Option<Value> {
-        self.list(group, plural, namespace)
-            .into_iter()
-            .find(|o| o["metadata"]["name"] == name)
+        let resource = Self::resource(group, plural);
+        if RESOURCES[resource].namespaced && namespace.is_none() {
+            // Any namespace.
+            return self
+                .list(group, plural, None)
+                .into_iter()
+                .find(|o| o["metadata"]["name"] == name);
+        }
+        let ns = store::ns_key(&RESOURCES[resource], namespace);
+        let state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.current(resource, &ns, name)
     }
 
     /// Pods bound to the node.

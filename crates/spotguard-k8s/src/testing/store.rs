@@ -341,7 +341,7 @@ fn now() -> String {
         .to_string()
 }
 
-fn ns_key(r: &Resource, namespace: Option<&str>) -> String {
+pub(crate) fn ns_key(r: &Resource, namespace: Option<&str>) -> String {
     if r.namespaced {
         namespace.unwrap_or_default().to_string()
     } else {
@@ -636,7 +636,7 @@ impl State {
         Ok(self.current(resource, &ns, &name).unwrap_or(stored))
     }
 
-    fn current(&self, resource: ResourceId, ns: &str, name: &str) -> Option<Value> {
+    pub(crate) fn current(&self, resource: ResourceId, ns: &str, name: &str) -> Option<Value> {
         self.objects
             .get(&(resource, ns.to_string(), name.to_string()))
             .cloned()
@@ -1026,10 +1026,9 @@ impl State {
         }
         let matching: Vec<&Value> = self
             .objects
-            .iter()
-            .filter(|((r, pns, _), p)| {
-                *r == pods && pns == ns && !pod_terminal(p) && selector_matches(selector, p)
-            })
+            .range((pods, ns.to_string(), String::new())..)
+            .take_while(|((r, pns, _), _)| *r == pods && pns == ns)
+            .filter(|(_, p)| !pod_terminal(p) && selector_matches(selector, p))
             .map(|(_, p)| p)
             .collect();
         let expected = matching
@@ -1050,10 +1049,12 @@ impl State {
 
     fn refresh_pdbs(&mut self, changes: &mut Vec<Change>) {
         let pdbs = id("policy", "poddisruptionbudgets");
+        // Only the PDBs' key range: a cluster of 150,000 pods must not be scanned per write.
         let keys: Vec<_> = self
             .objects
-            .keys()
-            .filter(|(r, _, _)| *r == pdbs)
+            .range((pdbs, String::new(), String::new())..)
+            .map(|(k, _)| k)
+            .take_while(|(r, _, _)| *r == pdbs)
             .cloned()
             .collect();
         for key in keys {
