@@ -52,13 +52,25 @@ pub enum CacheScope {
     /// - only the pods bound to node `name`, watched with the field selector
     ///   `spec.nodeName=<name>`: pods on other nodes and pods not scheduled yet are absent;
     /// - no PodDisruptionBudget (`pdbs` is empty; they are not watched): the API server
-    ///   enforces them when the drain evicts.
+    ///   enforces them when the drain evicts;
+    /// - nodes without their labels and annotations (`labels` and `annotations` are empty;
+    ///   the capacity type read from the labels is kept): phase 1 maps instances to nodes and
+    ///   writes taints, and never reads them, and on real nodes they are most of a node's
+    ///   size.
     ///
     /// Readiness waits for nodes and pods only.
     Node {
         /// The node's name (`spec.nodeName` of its pods).
         name: String,
     },
+}
+
+/// How objects are translated for the cache.
+#[derive(Debug)]
+struct Translation {
+    labels: CapacityLabels,
+    /// Keep nodes' labels and annotations.
+    node_details: bool,
 }
 
 impl CacheScope {
@@ -202,7 +214,7 @@ trait Cached:
     /// Plural resource name, for logs and readiness errors.
     const RESOURCE: &'static str;
     /// The translation; `Ok(None)` leaves the object out.
-    fn translate(&self, labels: &CapacityLabels) -> Result<Option<Self::Model>, Error>;
+    fn translate(&self, how: &Translation) -> Result<Option<Self::Model>, Error>;
     /// This kind's objects in the shared state.
     fn objects(state: &mut State) -> &mut Objects<Self::Model>;
 }
@@ -210,8 +222,13 @@ trait Cached:
 impl Cached for KNode {
     type Model = Node;
     const RESOURCE: &'static str = "nodes";
-    fn translate(&self, labels: &CapacityLabels) -> Result<Option<Node>, Error> {
-        node_from_k8s(self, labels).map(Some)
+    fn translate(&self, how: &Translation) -> Result<Option<Node>, Error> {
+        let mut node = node_from_k8s(self, &how.labels)?;
+        if !how.node_details {
+            node.labels = BTreeMap::new();
+            node.annotations = BTreeMap::new();
+        }
+        Ok(Some(node))
     }
     fn objects(state: &mut State) -> &mut Objects<Node> {
         &mut state.nodes
@@ -221,7 +238,7 @@ impl Cached for KNode {
 impl Cached for KPod {
     type Model = Pod;
     const RESOURCE: &'static str = "pods";
-    fn translate(&self, _: &CapacityLabels) -> Result<Option<Pod>, Error> {
+    fn translate(&self, _: &Translation) -> Result<Option<Pod>, Error> {
         pod_from_k8s(self).map(Some)
     }
     fn objects(state: &mut State) -> &mut Objects<Pod> {
@@ -232,7 +249,7 @@ impl Cached for KPod {
 impl Cached for PodDisruptionBudget {
     type Model = Pdb;
     const RESOURCE: &'static str = "poddisruptionbudgets";
-    fn translate(&self, _: &CapacityLabels) -> Result<Option<Pdb>, Error> {
+    fn translate(&self, _: &Translation) -> Result<Option<Pdb>, Error> {
         pdb_from_k8s(self)
     }
     fn objects(state: &mut State) -> &mut Objects<Pdb> {
@@ -249,8 +266,8 @@ fn key<K: ResourceExt>(object: &K) -> String {
 }
 
 /// Translates an object, logging a failure (the snapshot reports it again).
-fn translate<K: Cached>(object: &K, labels: &CapacityLabels) -> Result<Option<K::Model>, Error> {
-    let translated = object.translate(labels);
+fn translate<K: Cached>(object: &K, how: &Translation) -> Result<Option<K::Model>, Error> {
+    let translated = object.translate(how);
     if let Err(e) = &translated {
         tracing::warn!(
             object = %e.object(),
@@ -264,7 +281,7 @@ fn translate<K: Cached>(object: &K, labels: &CapacityLabels) -> Result<Option<K:
 
 /// One watch's side of the cache: applies its events to the shared state.
 struct Watch<K: Cached> {
-    labels: Arc<CapacityLabels>,
+    how: Arc<Translation>,
     state: Arc<Mutex<State>>,
     /// Set once the first list is complete.
     ready: watch::Sender<bool>,
@@ -274,13 +291,9 @@ struct Watch<K: Cached> {
 }
 
 impl<K: Cached> Watch<K> {
-    fn new(
-        labels: Arc<CapacityLabels>,
-        state: Arc<Mutex<State>>,
-        ready: watch::Sender<bool>,
-    ) -> Self {
+    fn new(how: Arc<Translation>, state: Arc<Mutex<State>>, ready: watch::Sender<bool>) -> Self {
         Self {
-            labels,
+            how,
             state,
             ready,
             listing: None,
@@ -291,7 +304,7 @@ impl<K: Cached> Watch<K> {
         match event {
             Event::Init => self.listing = Some(Objects::default()),
             Event::InitApply(object) => {
-                let translated = translate(&object, &self.labels);
+                let translated = translate(&object, &self.how);
                 self.listing
                     .get_or_insert_with(Objects::default)
                     .put(key(&object), translated);
@@ -306,7 +319,7 @@ impl<K: Cached> Watch<K> {
                 self.ready.send_replace(true);
             }
             Event::Apply(object) => {
-                let translated = translate(&object, &self.labels);
+                let translated = translate(&object, &self.how);
                 let key = key(&object);
                 drop(object);
                 let mut state = lock(&self.state);
@@ -359,33 +372,31 @@ impl SnapshotCache {
             ready: Vec::new(),
             tasks: Vec::new(),
         };
-        let labels = Arc::new(labels);
+        let how = Arc::new(Translation {
+            labels,
+            node_details: *scope == CacheScope::Cluster,
+        });
         let config = watcher::Config::default().page_size(LIST_PAGE_SIZE);
         cache.spawn(
             Api::<KNode>::all(client.clone()),
             config.clone(),
-            labels.clone(),
+            how.clone(),
         );
         let pods = match scope.pod_selector() {
             Some(selector) => config.clone().fields(&selector),
             None => config.clone(),
         };
-        cache.spawn(Api::<KPod>::all(client.clone()), pods, labels.clone());
+        cache.spawn(Api::<KPod>::all(client.clone()), pods, how.clone());
         if *scope == CacheScope::Cluster {
-            cache.spawn(Api::<PodDisruptionBudget>::all(client), config, labels);
+            cache.spawn(Api::<PodDisruptionBudget>::all(client), config, how);
         }
         cache
     }
 
-    fn spawn<K: Cached>(
-        &mut self,
-        api: Api<K>,
-        config: watcher::Config,
-        labels: Arc<CapacityLabels>,
-    ) {
+    fn spawn<K: Cached>(&mut self, api: Api<K>, config: watcher::Config, how: Arc<Translation>) {
         let (sender, receiver) = watch::channel(false);
         self.ready.push((K::RESOURCE, receiver));
-        let watch = Watch::<K>::new(labels, self.state.clone(), sender);
+        let watch = Watch::<K>::new(how, self.state.clone(), sender);
         self.tasks.push(tokio::spawn(watch.run(api, config)));
     }
 
@@ -526,11 +537,11 @@ mod tests {
     fn watch_of<K: Cached>(cache: &mut SnapshotCache) -> Watch<K> {
         let (sender, receiver) = watch::channel(false);
         cache.ready.push((K::RESOURCE, receiver));
-        Watch::new(
-            Arc::new(CapacityLabels::default()),
-            cache.state.clone(),
-            sender,
-        )
+        let how = Translation {
+            labels: CapacityLabels::default(),
+            node_details: true,
+        };
+        Watch::new(Arc::new(how), cache.state.clone(), sender)
     }
 
     fn pod(namespace: &str, name: &str, node: Option<&str>) -> KPod {

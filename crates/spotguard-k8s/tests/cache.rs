@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::Pod as KPod;
 use kube::api::{ListParams, WatchEvent, WatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
+use spotguard_core::model::CapacityType;
 use spotguard_core::ports::Cluster;
 use spotguard_k8s::testing::{node, pdb_min_available, FakeApiServer, PodBuilder};
 use spotguard_k8s::{CacheScope, KubeCluster, KubeClusterOptions};
@@ -161,6 +162,14 @@ async fn node_scope_holds_every_node_and_only_its_own_pods() {
     let snap = cluster.snapshot().await.unwrap();
     let nodes: Vec<&str> = snap.nodes.iter().map(|n| n.name.as_str()).collect();
     assert_eq!(nodes, ["n1", "n2"], "every node");
+    for n in &snap.nodes {
+        assert!(n.labels.is_empty() && n.annotations.is_empty(), "{n:?}");
+        assert_eq!(n.capacity_type, CapacityType::Spot, "read from the labels");
+    }
+    assert_eq!(
+        snap.node_for_instance("i-2").map(|n| n.name.as_str()),
+        Some("n2")
+    );
     let pods: Vec<&str> = snap.pods.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(pods, ["web-1"], "only the pods on n1");
     assert!(snap.pdbs.is_empty(), "no PDBs");
