@@ -287,7 +287,8 @@ pub struct Overrides {
         help_heading = "Daemon"
     )]
     pub kubeconfig: Option<PathBuf>,
-    /// This agent's node name, for Events (daemon.node_name).
+    /// This agent's node: the pods it caches and drains, and Events (daemon.node_name;
+    /// default: the node whose providerID holds this instance).
     #[arg(
         long,
         env = "SPOTGUARD_NODE_NAME",

@@ -100,7 +100,9 @@ pub struct DaemonSettings {
     pub aws_max_attempts: u32,
     /// Kubeconfig file (default: in-cluster, then `$KUBECONFIG`, then `~/.kube/config`).
     pub kubeconfig: Option<PathBuf>,
-    /// This agent's node name, for Kubernetes Events (default: none; the chart sets it).
+    /// This agent's node: the only node whose pods an agent caches, and the reporter of its
+    /// Kubernetes Events (default: none, and the agent finds the node whose providerID holds
+    /// its instance id; the chart sets it).
     pub node_name: Option<String>,
     /// Publish Kubernetes Events on nodes (default true).
     pub events: bool,
