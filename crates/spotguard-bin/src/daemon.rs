@@ -142,8 +142,16 @@ pub fn run(args: RunArgs) -> ExitCode {
         eprintln!("spotguard: {e}");
         return ExitCode::from(2);
     }
+    // An agent waits on IMDS and the API server and runs phase 1 once in a while: one worker
+    // keeps its threads, stacks and allocator arenas to the minimum on every spot node. The
+    // controller judges the whole cluster each tick: two.
+    let workers = if config.daemon.role.runs_controller() {
+        2
+    } else {
+        1
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .enable_all()
         .build()
     {
