@@ -31,7 +31,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::error::Error;
-use crate::snapshot::{node_from_k8s, pdb_from_k8s, pod_from_k8s, CapacityLabels};
+use crate::snapshot::{
+    node_from_k8s, node_from_k8s_without_metadata, pdb_from_k8s, pod_from_k8s, CapacityLabels,
+};
 
 /// Objects per page of a watch's initial list (and of every re-list). Each page is held as
 /// Kubernetes objects only until it is translated; smaller pages keep that transient memory
@@ -223,12 +225,11 @@ impl Cached for KNode {
     type Model = Node;
     const RESOURCE: &'static str = "nodes";
     fn translate(&self, how: &Translation) -> Result<Option<Node>, Error> {
-        let mut node = node_from_k8s(self, &how.labels)?;
-        if !how.node_details {
-            node.labels = BTreeMap::new();
-            node.annotations = BTreeMap::new();
+        if how.node_details {
+            node_from_k8s(self, &how.labels).map(Some)
+        } else {
+            node_from_k8s_without_metadata(self, &how.labels).map(Some)
         }
-        Ok(Some(node))
     }
     fn objects(state: &mut State) -> &mut Objects<Node> {
         &mut state.nodes

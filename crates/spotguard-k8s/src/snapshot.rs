@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{
-    Container, Node as KNode, NodeSelectorRequirement, Pod as KPod, Taint as KTaint,
-    Toleration as KToleration,
+    Container, Node as KNode, NodeSelectorRequirement, NodeSpec, NodeStatus, Pod as KPod, PodSpec,
+    Taint as KTaint, Toleration as KToleration,
 };
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as KQuantity;
@@ -103,11 +103,27 @@ fn taint_from_k8s(taint: &KTaint, object: &str) -> Result<Taint, Error> {
 
 /// Translates a node.
 pub fn node_from_k8s(node: &KNode, labels: &CapacityLabels) -> Result<Node, Error> {
+    translate_node(node, labels, true)
+}
+
+/// Translates a node without its labels and annotations (`labels` and `annotations` empty;
+/// the capacity type is still read from the labels): what an agent keeps of every node.
+pub fn node_from_k8s_without_metadata(
+    node: &KNode,
+    labels: &CapacityLabels,
+) -> Result<Node, Error> {
+    translate_node(node, labels, false)
+}
+
+fn translate_node(node: &KNode, labels: &CapacityLabels, metadata: bool) -> Result<Node, Error> {
+    // Borrowed, not cloned: a node's status carries its image list, often hundreds of entries.
+    let (no_spec, no_status, no_labels) = Default::default();
+    let spec: &NodeSpec = node.spec.as_ref().unwrap_or(&no_spec);
+    let status: &NodeStatus = node.status.as_ref().unwrap_or(&no_status);
+    let node_labels: &BTreeMap<String, String> =
+        node.metadata.labels.as_ref().unwrap_or(&no_labels);
     let name = node.metadata.name.clone().unwrap_or_default();
     let object = object_name("node", None, &name);
-    let spec = node.spec.clone().unwrap_or_default();
-    let status = node.status.clone().unwrap_or_default();
-    let node_labels = node.metadata.labels.clone().unwrap_or_default();
     let taints = spec
         .taints
         .iter()
@@ -119,9 +135,8 @@ pub fn node_from_k8s(node: &KNode, labels: &CapacityLabels) -> Result<Node, Erro
         .iter()
         .flatten()
         .any(|c| c.type_ == "Ready" && c.status == "True");
-    let allocatable = status.allocatable.unwrap_or_default();
     let amount = |key: &str, cpu: bool| -> Result<u64, Error> {
-        match allocatable.get(key) {
+        match status.allocatable.as_ref().and_then(|a| a.get(key)) {
             None => Ok(0),
             Some(KQuantity(q)) => {
                 let field = format!("status.allocatable.{key}");
@@ -138,7 +153,7 @@ pub fn node_from_k8s(node: &KNode, labels: &CapacityLabels) -> Result<Node, Erro
             .provider_id
             .as_deref()
             .and_then(instance_id_from_provider_id),
-        capacity_type: labels.capacity_type(&node_labels),
+        capacity_type: labels.capacity_type(node_labels),
         ready,
         unschedulable: spec.unschedulable.unwrap_or(false),
         taints,
@@ -147,8 +162,15 @@ pub fn node_from_k8s(node: &KNode, labels: &CapacityLabels) -> Result<Node, Erro
             amount("memory", false)?,
             amount("pods", false)?,
         ),
-        labels: node_labels,
-        annotations: node.metadata.annotations.clone().unwrap_or_default(),
+        labels: if metadata {
+            node_labels.clone()
+        } else {
+            BTreeMap::new()
+        },
+        annotations: match &node.metadata.annotations {
+            Some(a) if metadata => a.clone(),
+            _ => BTreeMap::new(),
+        },
         name,
     })
 }
@@ -317,7 +339,8 @@ pub fn pod_from_k8s(pod: &KPod) -> Result<Pod, Error> {
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
     let name = pod.metadata.name.clone().unwrap_or_default();
     let object = object_name("pod", Some(&namespace), &name);
-    let spec = pod.spec.clone().unwrap_or_default();
+    let no_spec = PodSpec::default();
+    let spec: &PodSpec = pod.spec.as_ref().unwrap_or(&no_spec);
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
     let mut required_affinity = Vec::new();
     let required = spec
