@@ -201,6 +201,15 @@ async fn main() {
         // `cargo bench -- --list`: nothing to list beyond this binary.
         return;
     }
+    let binary = harness::daemon_binary();
+    let size = std::fs::metadata(&binary)
+        .map(|m| m.len())
+        .unwrap_or_default();
+    eprintln!(
+        "daemon binary: {} ({:.1} MiB)",
+        binary.display(),
+        size as f64 / (1024.0 * 1024.0)
+    );
     let notices = env_usize("SPOTGUARD_BENCH_NOTICES", 50);
     let idle = Duration::from_secs(env_usize("SPOTGUARD_BENCH_IDLE_SECS", 30) as u64);
     let world = World::start(&[

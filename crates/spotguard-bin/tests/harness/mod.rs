@@ -239,7 +239,7 @@ log_level = "info"
         assert!(config.exists(), "write the configuration first");
         let port = free_port();
         let log = self.dir.path().join(format!("{name}.log"));
-        let mut command = Command::new(env!("CARGO_BIN_EXE_spotguard"));
+        let mut command = Command::new(daemon_binary());
         command
             .arg("run")
             .arg("--config")
@@ -622,4 +622,13 @@ pub async fn reach_fallback(world: &World, imds: &ImdsServer, at_risk: &str) -> 
         on_demand,
         entry,
     }
+}
+
+/// The daemon binary [`World::spawn`] runs: `SPOTGUARD_BENCH_BIN` when set (the benchmarks
+/// measure the release build that ships; `benches/run.sh` sets it), else the one cargo built
+/// for this test or benchmark.
+pub fn daemon_binary() -> std::path::PathBuf {
+    std::env::var_os("SPOTGUARD_BENCH_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_spotguard").into())
 }
