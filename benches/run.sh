@@ -71,7 +71,8 @@ ram=$(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
 {
     echo "# Spot Guard benchmarks"
     echo
-    echo "Produced by \`benches/run.sh\` (all benchmarks, bench profile); do not edit by hand."
+    echo "Produced by \`benches/run.sh\` (all benchmarks: CPU-bound code in the bench profile, the"
+    echo "daemon's footprint on the \`dist\` build that ships); do not edit by hand."
     echo
     echo "- date: $(cat "$logs/date")"
     echo "- machine: $(nproc) cores, $cpu, $ram RAM, $(uname -sr)"
