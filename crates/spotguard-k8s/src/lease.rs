@@ -408,6 +408,35 @@ impl ScaleLock for LeaseScaleLock {
     }
 }
 
+impl LeaseScaleLock {
+    /// Gives up every Lease still held — at shutdown, for handlers that were abandoned while
+    /// holding one — so agents waiting on the same groups go on at once instead of waiting for
+    /// expiry. Returns the groups released; a Lease that cannot be released is logged and
+    /// left to expire.
+    pub async fn release_all(&self) -> Vec<String> {
+        let held: Vec<(String, Held)> = self
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .collect();
+        let mut released = Vec::new();
+        for (group, held) in held {
+            held.renewer.abort();
+            // The in-process side too, so this lock stays usable.
+            let _ = self.local.release(&group).await;
+            match held.lock.release().await {
+                Ok(()) => released.push(group),
+                Err(e) => {
+                    tracing::warn!(%group, error = %e, "scale lock lease not released; it expires on its own")
+                }
+            }
+        }
+        released.sort();
+        released
+    }
+}
+
 impl Drop for LeaseScaleLock {
     fn drop(&mut self) {
         for held in self.held.lock().unwrap_or_else(|e| e.into_inner()).values() {

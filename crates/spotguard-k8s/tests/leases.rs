@@ -97,6 +97,34 @@ async fn scale_lock_is_exclusive_across_processes() {
 }
 
 #[tokio::test]
+async fn leases_held_at_shutdown_are_given_up_at_once() {
+    let fake = FakeApiServer::start().await;
+    let stopping = LeaseScaleLock::new(fake.client(), lock_config("stopping"));
+    stopping.acquire("web-spot").await.unwrap();
+    stopping.acquire("api-spot").await.unwrap();
+    // A handler abandoned at shutdown never calls release; the daemon releases what is left.
+    assert_eq!(stopping.release_all().await, ["api-spot", "web-spot"]);
+    assert!(
+        stopping.release_all().await.is_empty(),
+        "nothing held twice"
+    );
+    // Still usable in this process.
+    stopping.acquire("api-spot").await.unwrap();
+    stopping.release("api-spot").await.unwrap();
+    assert!(scale_lease(&fake)["spec"]["holderIdentity"].is_null());
+    let next = LeaseScaleLock::new(fake.client(), lock_config("next"));
+    let started = std::time::Instant::now();
+    next.acquire("web-spot").await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "taken before the 2s lease would have expired: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(scale_lease(&fake)["spec"]["holderIdentity"], "next");
+    next.release("web-spot").await.unwrap();
+}
+
+#[tokio::test]
 async fn a_crashed_scale_lock_holder_is_taken_over_after_expiry() {
     let fake = FakeApiServer::start().await;
     let crashed = LeaseScaleLock::new(fake.client(), lock_config("crashed"));
