@@ -41,7 +41,7 @@ pub type DaemonEngine = Engine<
     DryRun<Metered<KubeCluster>>,
     SystemClock,
     DryRun<Metered<ConfigMapLedgerStore>>,
-    DryRun<Metered<LeaseScaleLock>>,
+    DryRun<Metered<Arc<LeaseScaleLock>>>,
 >;
 
 /// The operating system's clock, with tokio's timers.
@@ -455,7 +455,7 @@ async fn serve(config: DaemonConfig, warnings: Vec<ConfigWarning>) -> Result<(),
         observer = observer.with_own_node(w.instance_id().to_string(), node.clone());
     }
     let identity = default_identity();
-    let lock = LeaseScaleLock::new(
+    let lock = Arc::new(LeaseScaleLock::new(
         client.clone(),
         LeaseLockConfig {
             namespace: d.namespace.clone(),
@@ -464,7 +464,7 @@ async fn serve(config: DaemonConfig, warnings: Vec<ConfigWarning>) -> Result<(),
             duration: d.lease_duration,
             ..LeaseLockConfig::default()
         },
-    );
+    ));
     let store = ConfigMapLedgerStore::new(client.clone(), &d.namespace, &d.ledger_configmap);
     let dry = d.dry_run;
     let engine: Arc<DaemonEngine> = Arc::new(
@@ -474,7 +474,11 @@ async fn serve(config: DaemonConfig, warnings: Vec<ConfigWarning>) -> Result<(),
             DryRun::new(Metered::new(cluster, metrics.clone()), dry, metrics.clone()),
             SystemClock,
             DryRun::new(Metered::new(store, metrics.clone()), dry, metrics.clone()),
-            DryRun::new(Metered::new(lock, metrics.clone()), dry, metrics.clone()),
+            DryRun::new(
+                Metered::new(lock.clone(), metrics.clone()),
+                dry,
+                metrics.clone(),
+            ),
         )
         .with_observer(observer),
     );
@@ -517,6 +521,13 @@ async fn serve(config: DaemonConfig, warnings: Vec<ConfigWarning>) -> Result<(),
             tracing::error!(error = %e, "a role stopped unexpectedly");
             shutdown.trigger();
         }
+    }
+    // A notice handler abandoned at shutdown may still hold a group's scale lock: give it up
+    // now, so the agents of the other at-risk nodes raise at once instead of waiting for the
+    // Lease to expire.
+    let released = lock.release_all().await;
+    if !released.is_empty() {
+        tracing::info!(groups = ?released, "scale lock leases released at shutdown");
     }
     // Every change was saved to the ledger as it was made; read it back once so the last
     // line states what the next process will resume.

@@ -8,7 +8,7 @@ mod harness;
 
 use std::time::{Duration, Instant, SystemTime};
 
-use harness::{node_name, standard_groups, World, SPOT};
+use harness::{node_name, standard_groups, World, NAMESPACE, SPOT};
 use serde_json::json;
 use spotguard_aws::testing::ImdsServer;
 use spotguard_core::ledger::{EntryKind, EntryState};
@@ -75,5 +75,59 @@ async fn sigterm_during_a_held_drain_abandons_the_step_within_the_bound() {
         world.fake.pods_on(&node).len(),
         1,
         "the held pod is still there"
+    );
+}
+
+/// SIGTERM while a notice handler holds the spot group's scale lock (its raise is being
+/// throttled by Auto Scaling): the handler is abandoned after `--shutdown-timeout`, and the
+/// agent gives the Lease up on its way out instead of leaving the agents of other at-risk
+/// nodes to wait for it to expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scale_lock_held_at_shutdown_is_given_up() {
+    let world = World::start(&standard_groups()).await;
+    let at_risk = world.instances(SPOT).await.into_iter().next().unwrap();
+    let imds = ImdsServer::start(&at_risk).await;
+    world.config("");
+    let mut agent = world.spawn(
+        "agent",
+        "agent",
+        Some(&imds),
+        &["--shutdown-timeout", "50ms"],
+    );
+    agent.wait_ready(Duration::from_secs(60)).await;
+    world.proxy.throttle("SetDesiredCapacity", 50);
+    imds.set_rebalance(&humantime::format_rfc3339_seconds(SystemTime::now()).to_string());
+    world
+        .eventually("a raise under way", Duration::from_secs(60), || {
+            world.proxy.received("SetDesiredCapacity") >= 1
+        })
+        .await;
+    let lease = || {
+        world
+            .fake
+            .get(
+                "coordination.k8s.io",
+                "leases",
+                Some(NAMESPACE),
+                &format!("spotguard-scale-{SPOT}"),
+            )
+            .expect("the scale lock's Lease exists")
+    };
+    assert!(
+        !lease()["spec"]["holderIdentity"].is_null(),
+        "held during the raise"
+    );
+    agent.terminate();
+    let status = agent.wait_exit(Duration::from_secs(30)).await;
+    assert!(status.success(), "{status}\n{}", agent.output());
+    let output = agent.output();
+    assert!(
+        output.contains("scale lock leases released at shutdown"),
+        "{output}"
+    );
+    assert!(
+        lease()["spec"]["holderIdentity"].is_null(),
+        "given up, not left to expire: {}",
+        lease()
     );
 }
