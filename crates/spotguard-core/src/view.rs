@@ -44,6 +44,13 @@ fn hash(s: &str) -> u64 {
     FxBuildHasher.hash_one(s)
 }
 
+/// Position of the node named `name` in `nodes`, through its name table.
+fn find_node(by_name: &HashTable<u32>, nodes: &[Node], name: &str) -> Option<u32> {
+    by_name
+        .find(hash(name), |&k| nodes[k as usize].name == name)
+        .copied()
+}
+
 /// A read-only cluster snapshot with lookups by node name and instance id, and the pods and
 /// requested resources of each node. See the [module docs](self).
 #[derive(Clone, Default)]
@@ -99,12 +106,8 @@ fn node_tables(nodes: &[Node]) -> (HashTable<u32>, HashTable<u32>) {
     let mut by_name = HashTable::with_capacity(nodes.len());
     let mut by_instance = HashTable::with_capacity(nodes.len());
     for (i, n) in nodes.iter().enumerate() {
-        let h = hash(&n.name);
-        if by_name
-            .find(h, |&k: &u32| nodes[k as usize].name == n.name)
-            .is_none()
-        {
-            by_name.insert_unique(h, i as u32, |&k| hash(&nodes[k as usize].name));
+        if find_node(&by_name, nodes, &n.name).is_none() {
+            by_name.insert_unique(hash(&n.name), i as u32, |&k| hash(&nodes[k as usize].name));
         }
         if let Some(id) = n.instance_id.as_deref() {
             let h = hash(id);
@@ -126,31 +129,18 @@ impl ClusterView {
         let (by_name, by_instance) = node_tables(&snapshot.nodes);
         let nodes = &snapshot.nodes;
         let n = nodes.len();
-        let lookup = |name: &str| {
-            by_name
-                .find(hash(name), |&k| nodes[k as usize].name == name)
-                .copied()
-        };
         // Counting sort by node; pods of no known node form group `n`.
         let mut used = vec![Resources::default(); n];
         let mut starts = vec![0u32; n + 2];
-        let mut last: Option<(&str, u32)> = None;
         let placement: Vec<u32> = snapshot
             .pods
             .iter()
             .map(|pod| {
-                let i = match pod.node.as_deref() {
-                    None => n as u32,
-                    // Pods often come in runs on one node: skip the hash for those.
-                    Some(name) => match last {
-                        Some((l, i)) if l == name => i,
-                        _ => {
-                            let i = lookup(name).unwrap_or(n as u32);
-                            last = Some((name, i));
-                            i
-                        }
-                    },
-                };
+                let i = pod
+                    .node
+                    .as_deref()
+                    .and_then(|name| find_node(&by_name, nodes, name))
+                    .unwrap_or(n as u32);
                 if (i as usize) < n && !pod.terminal {
                     used[i as usize] = used[i as usize].add(&pod.requests);
                 }
@@ -194,10 +184,7 @@ impl ClusterView {
 
     /// Position in `nodes` of the node with this name.
     pub fn node_index(&self, name: &str) -> Option<usize> {
-        let nodes = &self.snapshot.nodes;
-        self.by_name
-            .find(hash(name), |&k| nodes[k as usize].name == name)
-            .map(|&k| k as usize)
+        find_node(&self.by_name, &self.snapshot.nodes, name).map(|k| k as usize)
     }
 
     /// Position in `nodes` of the node backed by this instance.
@@ -347,11 +334,9 @@ impl ClusterViewBuilder {
         let (by_name, by_instance) = node_tables(&nodes);
         let grouped = by_name.len() == nodes.len()
             && !others.iter().any(|p| {
-                p.node.as_deref().is_some_and(|name| {
-                    by_name
-                        .find(hash(name), |&k| nodes[k as usize].name == name)
-                        .is_some()
-                })
+                p.node
+                    .as_deref()
+                    .is_some_and(|name| find_node(&by_name, &nodes, name).is_some())
             });
         starts.push(pods.len() as u32);
         pods.extend(others);
