@@ -439,21 +439,6 @@ impl SnapshotCache {
         lock(&self.state).generation
     }
 
-    /// The cached node with this name.
-    pub fn node(&self, name: &str) -> Option<Node> {
-        lock(&self.state).nodes.ok.get(name).cloned()
-    }
-
-    /// The name of the cached node backed by this EC2 instance.
-    pub fn node_for_instance(&self, instance: &str) -> Option<String> {
-        lock(&self.state)
-            .nodes
-            .ok
-            .values()
-            .find(|n| n.instance_id.as_deref() == Some(instance))
-            .map(|n| n.name.clone())
-    }
-
     /// The cached objects as a shared view (see [`ClusterView`]): nodes sorted by name, each
     /// node's pods following it by `namespace/name` (pods of nodes not cached, then pods bound
     /// to no node, last), PDBs by `namespace/name`. The same `Arc` comes back until a watch
@@ -623,7 +608,10 @@ mod tests {
         assert!(!Arc::ptr_eq(&first, &second));
         assert_eq!(second.node("n1").unwrap().allocatable.memory_bytes, 2 << 30);
         assert_eq!(first.node("n1").unwrap().allocatable.memory_bytes, 1 << 30);
-        assert_eq!(cache.node_for_instance("i-n1").as_deref(), Some("n1"));
+        assert_eq!(
+            second.node_for_instance("i-n1").map(|n| n.name.as_str()),
+            Some("n1")
+        );
     }
 
     #[test]
