@@ -237,6 +237,14 @@ impl<L: ScaleLock> ScaleLock for DryRun<L> {
             self.inner.release(group).await
         }
     }
+
+    async fn confirm(&self, group: &str) -> Result<(), LockError> {
+        if self.enabled {
+            self.local.confirm(group).await
+        } else {
+            self.inner.confirm(group).await
+        }
+    }
 }
 
 #[cfg(test)]

@@ -121,6 +121,12 @@ pub struct Metrics {
     pub notices_coalesced: Counter,
     /// Notices not acted on.
     pub notices_rejected: Counter,
+    /// Attempts at a notice that failed on a transient error and were tried again.
+    pub notice_retries: Counter,
+    /// Notices given up after transient errors (retry limit or interruption time reached).
+    pub notices_abandoned: Counter,
+    /// Interruptions drained without asking for replacement capacity.
+    pub scaling_skipped: Counter,
     /// Scale-ups by group and outcome.
     pub scale_ups: Family<ScaleUpLabels, Counter>,
     /// On-demand fallbacks recorded, by on-demand group.
@@ -171,6 +177,9 @@ impl Metrics {
             notices: Family::default(),
             notices_coalesced: Counter::default(),
             notices_rejected: Counter::default(),
+            notice_retries: Counter::default(),
+            notices_abandoned: Counter::default(),
+            scaling_skipped: Counter::default(),
             scale_ups: Family::default(),
             fallbacks: Family::default(),
             no_replacement: Counter::default(),
@@ -215,6 +224,22 @@ impl Metrics {
                 "notices_rejected",
                 "Notices not acted on (unknown instance, no node, policy)",
                 metrics.notices_rejected.clone(),
+            );
+            r.register(
+                "notice_retries",
+                "Attempts at a notice that met a transient error and were tried again",
+                metrics.notice_retries.clone(),
+            );
+            r.register(
+                "notices_abandoned",
+                "Notices given up after transient errors (retry limit or interruption time reached)",
+                metrics.notices_abandoned.clone(),
+            );
+            r.register(
+                "scaling_skipped",
+                "Interruptions drained without replacement capacity (group unknown, Capacity \
+                 Rebalancing refused, or Auto Scaling unreachable)",
+                metrics.scaling_skipped.clone(),
             );
             r.register(
                 "scale_ups",
@@ -542,6 +567,11 @@ impl<L: ScaleLock> ScaleLock for Metered<L> {
     async fn release(&self, group: &str) -> Result<(), LockError> {
         let r = self.inner.release(group).await;
         self.count("release scale lease", r)
+    }
+
+    async fn confirm(&self, group: &str) -> Result<(), LockError> {
+        let r = self.inner.confirm(group).await;
+        self.count("confirm scale lease", r)
     }
 }
 

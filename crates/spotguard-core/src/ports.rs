@@ -305,6 +305,15 @@ pub trait ScaleLock: Send + Sync {
 
     /// Releases the group's lock.
     async fn release(&self, group: &str) -> Result<(), LockError>;
+
+    /// Confirms, just before a write to the group's desired capacity, that this holder still
+    /// owns the lock and will keep it while the write is under way: a lock that can expire
+    /// (a Lease) renews it here if its last renewal is not recent, and fails when it was lost,
+    /// so the write is not made outside the lock. A lock that cannot expire returns `Ok`.
+    async fn confirm(&self, group: &str) -> Result<(), LockError> {
+        let _ = group;
+        Ok(())
+    }
 }
 
 /// Ports are shared: a reference or an `Arc` to a port is a port, so one cloud client can
@@ -376,6 +385,9 @@ macro_rules! shared_ports {
             }
             async fn release(&self, group: &str) -> Result<(), LockError> {
                 (**self).release(group).await
+            }
+            async fn confirm(&self, group: &str) -> Result<(), LockError> {
+                (**self).confirm(group).await
             }
         }
     )*};

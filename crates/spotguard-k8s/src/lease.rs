@@ -70,6 +70,9 @@ pub struct LeaseLock {
     identity: String,
     duration: Duration,
     observed: Mutex<Option<Observed>>,
+    /// When the last write that left this identity holding the Lease was *sent*: the Lease
+    /// is ours at least until this instant plus the duration, whatever the server's clock.
+    held_since: Mutex<Option<Instant>>,
 }
 
 impl LeaseLock {
@@ -89,7 +92,22 @@ impl LeaseLock {
             identity: identity.to_string(),
             duration: duration.max(Duration::from_secs(1)),
             observed: Mutex::new(None),
+            held_since: Mutex::new(None),
         }
+    }
+
+    /// How long this identity still holds the Lease for sure, from its last successful
+    /// acquisition or renewal (counted from when that request was sent); zero when it never
+    /// held it or the Lease has expired since.
+    pub fn held_for(&self) -> Duration {
+        let since = *self.held_since.lock().unwrap_or_else(|e| e.into_inner());
+        since.map_or(Duration::ZERO, |t| {
+            self.duration.saturating_sub(t.elapsed())
+        })
+    }
+
+    fn held_from(&self, sent: Instant) {
+        *self.held_since.lock().unwrap_or_else(|e| e.into_inner()) = Some(sent);
     }
 
     /// `namespace/name` of the Lease.
@@ -142,6 +160,7 @@ impl LeaseLock {
     /// identity holds it, or takes it when it is free or expired. Returns whether this
     /// identity holds the Lease afterwards. Never waits.
     pub async fn try_acquire_or_renew(&self) -> Result<bool, Error> {
+        let sent = Instant::now();
         let current = self
             .api
             .get_opt(&self.name)
@@ -159,6 +178,7 @@ impl LeaseLock {
             return match self.api.create(&PostParams::default(), &lease).await {
                 Ok(created) => {
                     self.observe(&created.spec.unwrap_or_default());
+                    self.held_from(sent);
                     Ok(true)
                 }
                 Err(e) if is_status(&e, 409) => Ok(false),
@@ -195,6 +215,7 @@ impl LeaseLock {
         {
             Ok(updated) => {
                 self.observe(&updated.spec.unwrap_or_default());
+                self.held_from(sent);
                 Ok(true)
             }
             Err(e) if is_status(&e, 409) => Ok(false),
@@ -230,7 +251,10 @@ impl LeaseLock {
                 .replace(&self.name, &PostParams::default(), &lease)
                 .await
             {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    *self.held_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                    return Ok(());
+                }
                 Err(e) if is_status(&e, 409) => continue,
                 Err(e) => return Err(self.error("release", e)),
             }
@@ -405,6 +429,36 @@ impl ScaleLock for LeaseScaleLock {
         let released = held.lock.release().await;
         self.local.release(group).await?;
         released.map_err(|e| e.into_lock_error(group))
+    }
+
+    /// Before a write: a Lease renewed less than a third of its duration ago is held for at
+    /// least two thirds of it more (the renewer keeps renewing meanwhile); an older one is
+    /// renewed now, and a Lease that cannot be renewed is reported lost, so the write is
+    /// not made.
+    async fn confirm(&self, group: &str) -> Result<(), LockError> {
+        let lock = self
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(group)
+            .map(|h| h.lock.clone());
+        let Some(lock) = lock else {
+            return Err(LockError {
+                group: group.to_string(),
+                message: "confirmed without being held".into(),
+            });
+        };
+        if lock.held_for() > self.config.duration * 2 / 3 {
+            return Ok(());
+        }
+        match lock.try_acquire_or_renew().await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(LockError {
+                group: group.to_string(),
+                message: format!("lease {} was lost while held", lock.lease()),
+            }),
+            Err(e) => Err(e.into_lock_error(group)),
+        }
     }
 }
 
