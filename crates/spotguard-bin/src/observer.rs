@@ -105,6 +105,15 @@ impl DaemonObserver {
             Event::NoticeRejected { .. } => {
                 m.notices_rejected.inc();
             }
+            Event::NoticeRetrying { .. } => {
+                m.notice_retries.inc();
+            }
+            Event::NoticeAbandoned { .. } => {
+                m.notices_abandoned.inc();
+            }
+            Event::ScalingSkipped { .. } => {
+                m.scaling_skipped.inc();
+            }
             Event::ScaledUp { group, .. } => scale_up(group, "raised"),
             Event::ScaleUpFailed { group, .. } => scale_up(group, "failed"),
             Event::InstanceReady { group, .. } => scale_up(group, "instance_ready"),
@@ -167,6 +176,27 @@ fn subjects(event: &Event) -> (&'static str, Subjects<'_>) {
         ),
         Event::NoticeRejected { instance, .. } => (
             "NoticeRejected",
+            Subjects {
+                instance: Some(instance),
+                ..s
+            },
+        ),
+        Event::NoticeRetrying { instance, .. } => (
+            "NoticeRetrying",
+            Subjects {
+                instance: Some(instance),
+                ..s
+            },
+        ),
+        Event::NoticeAbandoned { instance, .. } => (
+            "NoticeAbandoned",
+            Subjects {
+                instance: Some(instance),
+                ..s
+            },
+        ),
+        Event::ScalingSkipped { instance, .. } => (
+            "ScalingSkipped",
             Subjects {
                 instance: Some(instance),
                 ..s
@@ -307,6 +337,9 @@ impl Observer for DaemonObserver {
             Event::Verdict { verdict, .. } if verdict.is_go() => log!(debug),
             Event::Verdict { .. } => log!(info),
             Event::NoticeRejected { .. }
+            | Event::NoticeRetrying { .. }
+            | Event::NoticeAbandoned { .. }
+            | Event::ScalingSkipped { .. }
             | Event::ScaleUpFailed { .. }
             | Event::NoReplacement { .. }
             | Event::DrainIncomplete { .. }
@@ -325,6 +358,16 @@ impl Observer for DaemonObserver {
                 if let Some(node) = self.node_of(instance) {
                     let message = format!("Notice not acted on: {reason}");
                     self.forward(node, "SpotGuardNoticeRejected", message, true);
+                }
+            }
+            Event::NoticeAbandoned {
+                instance,
+                attempts,
+                reason,
+            } => {
+                if let Some(node) = self.node_of(instance) {
+                    let message = format!("Notice given up after {attempts} attempts: {reason}");
+                    self.forward(node, "SpotGuardNoticeAbandoned", message, true);
                 }
             }
             Event::NoReplacement { node, reason } => {

@@ -1,7 +1,7 @@
 //! The two roles of the daemon, as loops that drive the engine:
 //!
 //! * the **agent** ([`run_agent`]): one per spot node; the notice watcher polls IMDS and each
-//!   new notice for this node's instance runs phase 1 ([`Engine::handle_rebalance`](spotguard_core::engine::Engine::handle_rebalance)) in its
+//!   new notice for this node's instance runs phase 1 ([`Engine::handle_notice`](spotguard_core::engine::Engine::handle_notice)) in its
 //!   own task. Concurrent agents raise a group one at a time through the per-group Lease
 //!   scale lock (invariant 1).
 //! * the **controller** ([`run_controller`]): campaigns on the leader Lease; only the leader
@@ -81,7 +81,7 @@ pub async fn run_agent(
 
 async fn handle_notice(engine: &DaemonEngine, notice: Notice) {
     let instance = notice.instance_id.clone();
-    match engine.handle_rebalance(&notice).await {
+    match engine.handle_notice(&notice).await {
         Ok(RebalanceOutcome::Coalesced) => {}
         Ok(RebalanceOutcome::Handled {
             node,
@@ -98,6 +98,7 @@ async fn handle_notice(engine: &DaemonEngine, notice: Notice) {
                     format!("an instance still launching in {group}")
                 }
                 Replacement::NotAttempted => "nothing (drain-only)".into(),
+                Replacement::Skipped { reason } => format!("nothing asked for: {reason}"),
                 Replacement::None { reason } => format!("nothing: {reason}"),
             };
             let drained = match &drain {
@@ -109,7 +110,8 @@ async fn handle_notice(engine: &DaemonEngine, notice: Notice) {
             };
             tracing::info!(%instance, %node, paid_back, "notice handled: replaced by {replaced_by}; {drained}");
         }
-        // The engine already reported it as NoticeRejected.
+        // The engine already reported it (NoticeRejected or NoticeAbandoned), after retrying
+        // transient errors.
         Err(e) => tracing::debug!(%instance, error = %e, "notice not acted on"),
     }
 }

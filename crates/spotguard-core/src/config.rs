@@ -201,6 +201,35 @@ pub struct Config {
     /// does not remove it (default `cluster-autoscaler.kubernetes.io/scale-down-disabled`;
     /// empty disables).
     pub protect_annotation: String,
+    /// How a notice whose handling met a transient error is tried again.
+    pub notice_retry: NoticeRetry,
+}
+
+/// Retries of a notice whose handling failed on a transient error (an Auto Scaling or
+/// Kubernetes API error after the client's own retries, a lost scale lock, a contended
+/// ledger). A retry resumes what the ledger says was done; it never raises a group twice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NoticeRetry {
+    /// Attempts in all, the first included (default 6); then the notice is given up, with an
+    /// event and a metric.
+    pub attempts: u32,
+    /// Pause before the first retry (default 5s); it doubles after each one.
+    #[serde(with = "humantime_serde")]
+    pub backoff: Duration,
+    /// The longest pause between two attempts (default 1m).
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+}
+
+impl Default for NoticeRetry {
+    fn default() -> Self {
+        Self {
+            attempts: 6,
+            backoff: Duration::from_secs(5),
+            max_backoff: Duration::from_secs(60),
+        }
+    }
 }
 
 impl Default for Config {
@@ -214,6 +243,7 @@ impl Default for Config {
             payback_prescale: true,
             capacity_rebalance: CapacityRebalancePolicy::Refuse,
             protect_annotation: "cluster-autoscaler.kubernetes.io/scale-down-disabled".into(),
+            notice_retry: NoticeRetry::default(),
         }
     }
 }
@@ -314,6 +344,7 @@ impl Config {
             ("timings.error_window", t.error_window),
             ("timings.stale_after", t.stale_after),
             ("drain.timeout", self.drain.timeout),
+            ("notice_retry.backoff", self.notice_retry.backoff),
         ] {
             if d.is_zero() {
                 return Err(err(name, show(d), "must be greater than zero"));
@@ -332,6 +363,20 @@ impl Config {
                 field: "drain.grace_period".into(),
                 message: "0s deletes pods without a graceful shutdown".into(),
             });
+        }
+        if self.notice_retry.attempts == 0 {
+            return Err(err(
+                "notice_retry.attempts",
+                0,
+                "must be at least 1 (the first attempt counts)",
+            ));
+        }
+        if self.notice_retry.max_backoff < self.notice_retry.backoff {
+            return Err(err(
+                "notice_retry.max_backoff",
+                show(self.notice_retry.max_backoff),
+                "must not be shorter than notice_retry.backoff",
+            ));
         }
         if self.drain.concurrency == 0 {
             return Err(err("drain.concurrency", 0, "must be at least 1"));

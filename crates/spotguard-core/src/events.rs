@@ -42,6 +42,35 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// Handling a notice met a transient error; it is tried again after a pause.
+    NoticeRetrying {
+        /// Instance.
+        instance: String,
+        /// The attempt that failed (1 for the first).
+        attempt: u32,
+        /// The pause before the next attempt.
+        after: std::time::Duration,
+        /// The error.
+        reason: String,
+    },
+    /// A notice was given up after transient errors: the retry limit was reached or its
+    /// interruption time passed.
+    NoticeAbandoned {
+        /// Instance.
+        instance: String,
+        /// Attempts made.
+        attempts: u32,
+        /// The last error.
+        reason: String,
+    },
+    /// An interruption is drained without replacement capacity: the group could not be
+    /// found or may not be scaled. The drain goes on regardless.
+    ScalingSkipped {
+        /// Instance.
+        instance: String,
+        /// Why no replacement was asked for.
+        reason: String,
+    },
     /// A node got Spot Guard's taint.
     Tainted {
         /// Node.
@@ -171,6 +200,28 @@ impl fmt::Display for Event {
             Self::NoticeRejected { instance, reason } => {
                 write!(f, "notice for {instance} not acted on: {reason}")
             }
+            Self::NoticeRetrying {
+                instance,
+                attempt,
+                after,
+                reason,
+            } => write!(
+                f,
+                "notice for {instance}: attempt {attempt} failed ({reason}); trying again in {}",
+                humantime::format_duration(*after)
+            ),
+            Self::NoticeAbandoned {
+                instance,
+                attempts,
+                reason,
+            } => write!(
+                f,
+                "notice for {instance} given up after {attempts} attempts: {reason}"
+            ),
+            Self::ScalingSkipped { instance, reason } => write!(
+                f,
+                "interruption of {instance}: no replacement asked for ({reason}); draining"
+            ),
             Self::Tainted { node } => write!(f, "tainted node {node}"),
             Self::Untainted { node } => write!(f, "removed taint from node {node}"),
             Self::Cordoned { node } => write!(f, "cordoned node {node}"),

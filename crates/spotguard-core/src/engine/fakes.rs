@@ -46,6 +46,10 @@ pub struct CloudState {
     pub spot_silent: bool,
     /// The next call of this operation fails with this error.
     pub fail_next: BTreeMap<&'static str, CloudError>,
+    /// The next N calls of this operation fail with this error (a burst).
+    pub fail_times: BTreeMap<&'static str, (u32, CloudError)>,
+    /// Every describe stalls this many polls before answering.
+    pub describe_stall: u32,
     pub now: SystemTime,
     /// Per group: total raised and total lowered desired capacity, over all calls.
     pub deltas: BTreeMap<String, (u32, u32)>,
@@ -79,6 +83,8 @@ impl FakeCloud {
             spot_outage: false,
             spot_silent: false,
             fail_next: BTreeMap::new(),
+            fail_times: BTreeMap::new(),
+            describe_stall: 0,
             now: t0(),
             deltas: BTreeMap::new(),
             unsafe_terminations: vec![],
@@ -127,10 +133,24 @@ impl FakeCloud {
     }
 
     fn fail(&self, op: &'static str) -> Result<(), CloudError> {
-        match self.st().fail_next.remove(op) {
+        let mut st = self.st();
+        if let Some((left, e)) = st.fail_times.get_mut(op) {
+            let e = e.clone();
+            *left -= 1;
+            if *left == 0 {
+                st.fail_times.remove(op);
+            }
+            return Err(e);
+        }
+        match st.fail_next.remove(op) {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+
+    /// Stalls `describe_groups` for this many polls (a slow API): time passes meanwhile.
+    pub fn stall_describes(&self, polls: u32) {
+        self.st().describe_stall = polls;
     }
 
     /// Brings the group's instances to its desired capacity, as an ASG does.
@@ -198,6 +218,10 @@ impl Cloud for FakeCloud {
     async fn describe_groups(&self, names: &[String]) -> Result<Vec<Group>, CloudError> {
         self.log(format!("describe {}", names.join(",")));
         self.fail("describe")?;
+        let stall = self.st().describe_stall;
+        for _ in 0..stall {
+            yield_now().await;
+        }
         if self.interleave {
             yield_now().await;
         }
@@ -254,6 +278,9 @@ impl Cloud for FakeCloud {
     async fn terminate_instance(&self, instance: &str, decrement: bool) -> Result<(), CloudError> {
         self.log(format!("terminate {instance} decrement={decrement}"));
         self.fail("terminate")?;
+        if self.interleave {
+            yield_now().await;
+        }
         let mut st = self.st();
         let Some(name) = st
             .groups
@@ -305,6 +332,9 @@ impl Cloud for FakeCloud {
     ) -> Result<Vec<Activity>, CloudError> {
         self.log(format!("activities {}", groups.join(",")));
         self.fail("activities")?;
+        if self.interleave {
+            yield_now().await;
+        }
         Ok(self
             .st()
             .activities
@@ -325,6 +355,10 @@ pub struct FakeCluster {
     pub fail_next_drain: Mutex<Option<ClusterError>>,
     /// Pods whose node vanished under them without a drain (invariant 5).
     pub lost_pods: Mutex<u32>,
+    /// Yield at the start of every call, so concurrent flows interleave there.
+    pub interleave: bool,
+    /// The next N snapshots fail with an API error.
+    pub failing_snapshots: Mutex<u32>,
 }
 
 pub fn node_for(instance: &str, capacity_type: CapacityType) -> Node {
@@ -390,6 +424,10 @@ impl FakeCluster {
         }
     }
 
+    pub fn fail_snapshots(&self, n: u32) {
+        *self.failing_snapshots.lock().unwrap() = n;
+    }
+
     pub fn node(&self, name: &str) -> Node {
         self.snap.lock().unwrap().node(name).cloned().unwrap()
     }
@@ -425,12 +463,29 @@ impl FakeCluster {
 #[async_trait]
 impl Cluster for FakeCluster {
     async fn snapshot(&self) -> Result<Arc<ClusterView>, ClusterError> {
+        if self.interleave {
+            yield_now().await;
+        }
+        {
+            let mut failing = self.failing_snapshots.lock().unwrap();
+            if *failing > 0 {
+                *failing -= 1;
+                return Err(ClusterError::Api {
+                    operation: "list nodes".into(),
+                    target: "nodes".into(),
+                    message: "injected".into(),
+                });
+            }
+        }
         Ok(Arc::new(ClusterView::new(
             self.snap.lock().unwrap().clone(),
         )))
     }
 
     async fn taint(&self, node: &str, taint: &Taint) -> Result<(), ClusterError> {
+        if self.interleave {
+            yield_now().await;
+        }
         self.log(format!("taint {node}"));
         self.with_node(node, |n| {
             if !n.taints.iter().any(|t| t.key == taint.key) {
@@ -440,11 +495,17 @@ impl Cluster for FakeCluster {
     }
 
     async fn untaint(&self, node: &str, key: &str) -> Result<(), ClusterError> {
+        if self.interleave {
+            yield_now().await;
+        }
         self.log(format!("untaint {node}"));
         self.with_node(node, |n| n.taints.retain(|t| t.key != key))
     }
 
     async fn set_unschedulable(&self, node: &str, unschedulable: bool) -> Result<(), ClusterError> {
+        if self.interleave {
+            yield_now().await;
+        }
         self.log(format!("unschedulable {node} {unschedulable}"));
         self.with_node(node, |n| n.unschedulable = unschedulable)
     }
@@ -472,6 +533,9 @@ impl Cluster for FakeCluster {
         _options: &DrainOptions,
     ) -> Result<DrainReport, ClusterError> {
         self.log(format!("drain {node}"));
+        if self.interleave {
+            yield_now().await;
+        }
         if let Some(e) = self.fail_next_drain.lock().unwrap().take() {
             return Err(e);
         }
@@ -515,6 +579,8 @@ pub struct MemStore {
     /// The next N saves report a conflict (someone else wrote).
     pub conflicts: Mutex<u32>,
     pub fail_saves: Mutex<u32>,
+    /// Yield before every load and save, so concurrent flows interleave there.
+    pub interleave: bool,
 }
 
 impl MemStore {
@@ -526,6 +592,9 @@ impl MemStore {
 #[async_trait]
 impl LedgerStore for MemStore {
     async fn load(&self) -> Result<Versioned<Ledger>, StoreError> {
+        if self.interleave {
+            yield_now().await;
+        }
         let g = self.inner.lock().unwrap();
         Ok(Versioned {
             value: g.0.clone(),
@@ -534,6 +603,9 @@ impl LedgerStore for MemStore {
     }
 
     async fn save(&self, ledger: &Ledger, expected: Option<String>) -> Result<String, StoreError> {
+        if self.interleave {
+            yield_now().await;
+        }
         {
             let mut f = self.fail_saves.lock().unwrap();
             if *f > 0 {
@@ -563,31 +635,107 @@ impl LedgerStore for MemStore {
     }
 }
 
-/// A clock whose sleeps pass instantly.
+/// A virtual clock. A sleep ends when the clock reaches its wake time; the clock jumps to
+/// the earliest wake time once that sleeper has found nothing else happening for a few polls
+/// in a row (no other sleep began or ended meanwhile). So concurrent sleeps overlap as they
+/// do in real time, the shorter one ending first, and a lone sleep passes at once.
 #[derive(Debug)]
-pub struct TestClock(pub Mutex<SystemTime>);
+pub struct TestClock {
+    state: Mutex<ClockState>,
+}
+
+#[derive(Debug)]
+struct ClockState {
+    now: SystemTime,
+    /// Wake times of the sleeps under way, by sleep id.
+    sleepers: BTreeMap<u64, SystemTime>,
+    next_id: u64,
+    /// Bumped whenever a sleep begins or ends, or time moves.
+    epoch: u64,
+}
+
+/// Polls the earliest sleeper waits, with nothing else happening, before time jumps to it.
+const IDLE_POLLS: u32 = 4;
 
 impl Default for TestClock {
     fn default() -> Self {
-        Self(Mutex::new(t0()))
+        Self {
+            state: Mutex::new(ClockState {
+                now: t0(),
+                sleepers: BTreeMap::new(),
+                next_id: 0,
+                epoch: 0,
+            }),
+        }
     }
 }
 
 impl TestClock {
+    fn st(&self) -> std::sync::MutexGuard<'_, ClockState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn advance(&self, d: Duration) {
-        *self.0.lock().unwrap() += d;
+        let mut st = self.st();
+        st.now += d;
+        st.epoch += 1;
+    }
+}
+
+/// Ends a sleep's registration however the sleep ends (completed or dropped).
+struct Sleeper<'a> {
+    clock: &'a TestClock,
+    id: u64,
+}
+
+impl Drop for Sleeper<'_> {
+    fn drop(&mut self) {
+        let mut st = self.clock.st();
+        st.sleepers.remove(&self.id);
+        st.epoch += 1;
     }
 }
 
 #[async_trait]
 impl Clock for TestClock {
     fn now(&self) -> SystemTime {
-        *self.0.lock().unwrap()
+        self.st().now
     }
 
     async fn sleep(&self, d: Duration) {
-        self.advance(d);
-        yield_now().await;
+        let (id, wake) = {
+            let mut st = self.st();
+            let id = st.next_id;
+            st.next_id += 1;
+            let wake = st.now + d;
+            st.sleepers.insert(id, wake);
+            st.epoch += 1;
+            (id, wake)
+        };
+        let _registered = Sleeper { clock: self, id };
+        let mut seen = None;
+        let mut idle = 0;
+        futures::future::poll_fn(|cx| {
+            let mut st = self.st();
+            if st.now >= wake {
+                return Poll::Ready(());
+            }
+            let earliest = st.sleepers.values().min() == Some(&wake);
+            if earliest && seen == Some(st.epoch) {
+                idle += 1;
+                if idle >= IDLE_POLLS {
+                    st.now = wake;
+                    st.epoch += 1;
+                    return Poll::Ready(());
+                }
+            } else {
+                idle = 0;
+                seen = Some(st.epoch);
+            }
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        })
+        .await
     }
 }
 

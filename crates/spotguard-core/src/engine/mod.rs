@@ -19,8 +19,11 @@
 //! failure branch waits, skips or retries on the next tick; nothing is half-done.
 
 use std::collections::{HashMap, HashSet};
+use std::pin::pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
+
+use futures::future::{join, select, Either};
 
 use crate::config::{CapacityRebalancePolicy, Config, GroupPair};
 use crate::events::{Check, Discard, Event, Observer};
@@ -83,6 +86,27 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// Whether trying the same thing again later may succeed: API failures after the
+    /// clients' own retries, conflicts, a lost scale lock, a contended or unreachable ledger.
+    /// Bad input (an unknown instance, group or node, a value out of bounds, a policy that
+    /// refuses, a malformed ledger) is not.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Cloud(CloudError::Api { retryable, .. }) => *retryable,
+            Error::Cloud(_) => false,
+            Error::Cluster(ClusterError::UnknownNode { .. }) => false,
+            Error::Cluster(ClusterError::Conflict { .. } | ClusterError::Api { .. }) => true,
+            Error::Store(StoreError::Malformed { .. }) => false,
+            Error::Store(StoreError::Conflict { .. } | StoreError::Io { .. }) => true,
+            Error::Lock(_) | Error::LedgerContention { .. } => true,
+            Error::UnknownInstance { .. }
+            | Error::NoNode { .. }
+            | Error::CapacityRebalanceEnabled { .. } => false,
+        }
+    }
+}
+
 /// What stood in for the at-risk instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Replacement {
@@ -106,6 +130,12 @@ pub enum Replacement {
     },
     /// Scaling was not attempted (drain-only policy).
     NotAttempted,
+    /// An interruption was drained without asking for capacity: its group is unknown, its
+    /// policy refuses, or Auto Scaling could not be reached.
+    Skipped {
+        /// Why.
+        reason: String,
+    },
     /// Neither spot nor on-demand delivered.
     None {
         /// Why.
@@ -158,6 +188,28 @@ struct State {
 struct TickView {
     cluster: Arc<ClusterView>,
     safety: HashMap<InstanceId, Verdict>,
+}
+
+/// Marks an instance in flight for as long as it lives, and clears the mark (and any
+/// interruption time learned for it) when dropped, however its handling ends.
+struct InFlight<'a, C, K, T, S, L> {
+    engine: &'a Engine<C, K, T, S, L>,
+    instance: InstanceId,
+}
+
+impl<C, K, T, S, L> Drop for InFlight<'_, C, K, T, S, L> {
+    fn drop(&mut self) {
+        let mut state = self.engine.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.in_flight.remove(&self.instance);
+        state.deadlines.remove(&self.instance);
+    }
+}
+
+/// The spot group of an at-risk instance, its pair, and whether only draining is allowed.
+struct Target {
+    pair: GroupPair,
+    spot: Group,
+    drain_only: bool,
 }
 
 /// A raised group: the ledger entry and the group as it was before.
@@ -362,16 +414,25 @@ where
         let entry = self
             .update_ledger(|l| l.record_intent(intent.clone(), now))
             .await?;
+        if let Err(e) = self.lock.confirm(group).await {
+            self.transition(
+                &entry,
+                EntryState::Released,
+                &format!("scale-up not made: {e}"),
+            )
+            .await?;
+            return Err(e.into());
+        }
         let call = self.cloud.set_desired_capacity(group, g.desired + 1).await;
         // Settle the intent now, while we still hold the lock: an ambiguous failure (timeout,
-        // 5xx after retries) is resolved by looking at the group again.
+        // 5xx after retries) is resolved by looking at the group again. When even that look
+        // fails, the intent stays pending: the next attempt, or the monitor, settles it from
+        // the group, so it is neither raised twice nor leaked.
         let raised = match &call {
             Ok(()) => true,
             Err(CloudError::Api {
                 retryable: true, ..
-            }) => {
-                matches!(self.describe(group).await, Ok(now) if now.desired > g.desired)
-            }
+            }) => self.describe(group).await?.desired > g.desired,
             Err(_) => false,
         };
         if raised {
@@ -411,24 +472,52 @@ where
     /// picked by the group's termination policy.
     async fn lower_unfilled(&self, group: &str, entry: &str) -> Result<bool, Error> {
         self.locked(group, async {
-            let g = self.describe(group).await?;
-            let live = g
-                .instances
-                .iter()
-                .filter(|i| !i.lifecycle.is_leaving())
-                .count() as u32;
-            if g.desired > g.min && g.desired > live {
-                self.record_payback(entry, Payback::Lower { from: g.desired })
-                    .await?;
-                self.cloud
-                    .set_desired_capacity(group, g.desired - 1)
-                    .await?;
-                Ok(true)
-            } else {
-                Ok(false)
+            // Another flow may have settled the entry meanwhile: never lower for it twice.
+            if self.open_entry(entry).await?.is_none() {
+                return Ok(false);
             }
+            self.lower_unfilled_locked(group, entry).await
         })
         .await
+    }
+
+    /// [`Self::lower_unfilled`], for a caller that holds the group's lock.
+    async fn lower_unfilled_locked(&self, group: &str, entry: &str) -> Result<bool, Error> {
+        let g = self.describe(group).await?;
+        let live = g
+            .instances
+            .iter()
+            .filter(|i| !i.lifecycle.is_leaving())
+            .count() as u32;
+        if g.desired > g.min && g.desired > live {
+            self.record_payback(entry, Payback::Lower { from: g.desired })
+                .await?;
+            self.lock.confirm(group).await?;
+            self.cloud
+                .set_desired_capacity(group, g.desired - 1)
+                .await?;
+            Ok(true)
+        } else {
+            Ok(false)
+        }
+    }
+
+    /// Terminates an instance of `group`, decrementing its desired capacity unless the group
+    /// is at its minimum, for a caller that holds the group's lock: a decrement is a change
+    /// of desired capacity like any other, so no raise may read the group between it and its
+    /// effect. Returns whether it decremented.
+    async fn terminate_locked(
+        &self,
+        group: &Group,
+        instance: &str,
+    ) -> Result<Result<bool, CloudError>, Error> {
+        let decrement = group.desired > group.min;
+        self.lock.confirm(&group.name).await?;
+        Ok(self
+            .cloud
+            .terminate_instance(instance, decrement)
+            .await
+            .map(|()| decrement))
     }
 
     /// Polls `group` until a new instance (not there before the raise, not claimed by another
@@ -548,12 +637,84 @@ where
 
     // ----- phase 1 ------------------------------------------------------------------------
 
-    /// Phase 1: acts on a rebalance recommendation or interruption notice.
+    /// Phase 1, one attempt: acts on a rebalance recommendation or interruption notice.
     ///
     /// Concurrent calls for different instances raise the spot group by exactly one each
-    /// (the group's [`ScaleLock`] serializes the read-modify-write); a call for an instance
-    /// already being handled returns [`RebalanceOutcome::Coalesced`].
+    /// (the group's [`ScaleLock`] serializes every change of its desired capacity); a call for
+    /// an instance already being handled returns [`RebalanceOutcome::Coalesced`]. An error is
+    /// reported as [`Event::NoticeRejected`] and not retried: the daemon calls
+    /// [`Engine::handle_notice`], which retries transient errors.
+    ///
+    /// Cancel-safe: dropping the future ends the instance's in-flight mark; the ledger holds
+    /// whatever was raised, for the monitor or the next attempt to finish.
     pub async fn handle_rebalance(&self, notice: &Notice) -> Result<RebalanceOutcome, Error> {
+        let Some(_mark) = self.begin(notice) else {
+            return Ok(RebalanceOutcome::Coalesced);
+        };
+        let result = self.rebalance(notice).await;
+        if let Err(e) = &result {
+            self.emit(Event::NoticeRejected {
+                instance: notice.instance_id.clone(),
+                reason: e.to_string(),
+            });
+        }
+        result
+    }
+
+    /// Phase 1 with retries: like [`Engine::handle_rebalance`], but an attempt that fails on
+    /// a transient error ([`Error::is_transient`]) is tried again after a pause
+    /// (`notice_retry.backoff`, doubling up to `notice_retry.max_backoff`), until it
+    /// succeeds, the error is permanent (the instance or its node is gone, a policy refuses),
+    /// the notice's interruption time would pass before the next attempt, or
+    /// `notice_retry.attempts` were made ([`Event::NoticeAbandoned`]). The instance stays
+    /// in flight meanwhile: notices for it are merged, the monitor leaves its entries alone.
+    /// A retry resumes the pre-scale the ledger holds for the instance; it never raises a
+    /// group a second time.
+    ///
+    /// Cancel-safe, as [`Engine::handle_rebalance`].
+    pub async fn handle_notice(&self, notice: &Notice) -> Result<RebalanceOutcome, Error> {
+        let Some(_mark) = self.begin(notice) else {
+            return Ok(RebalanceOutcome::Coalesced);
+        };
+        let retry = &self.config.notice_retry;
+        let instance = notice.instance_id.clone();
+        let mut pause = retry.backoff;
+        let mut attempt = 1;
+        loop {
+            let e = match self.rebalance(notice).await {
+                Ok(outcome) => return Ok(outcome),
+                Err(e) => e,
+            };
+            let reason = e.to_string();
+            if !e.is_transient() {
+                self.emit(Event::NoticeRejected { instance, reason });
+                return Err(e);
+            }
+            let deadline = self.deadline(notice);
+            let too_late = deadline.is_some_and(|d| self.clock.now() + pause >= d);
+            if attempt >= retry.attempts || too_late {
+                self.emit(Event::NoticeAbandoned {
+                    instance,
+                    attempts: attempt,
+                    reason,
+                });
+                return Err(e);
+            }
+            self.emit(Event::NoticeRetrying {
+                instance: instance.clone(),
+                attempt,
+                after: pause,
+                reason,
+            });
+            self.clock.sleep(pause).await;
+            pause = (pause * 2).min(retry.max_backoff);
+            attempt += 1;
+        }
+    }
+
+    /// Reports the notice and marks its instance in flight; `None` when it already was (the
+    /// notice's interruption time, if any, is merged into the running action).
+    fn begin(&self, notice: &Notice) -> Option<InFlight<'_, C, K, T, S, L>> {
         let instance = notice.instance_id.clone();
         self.emit(Event::NoticeReceived {
             instance: instance.clone(),
@@ -569,25 +730,26 @@ where
                 *known = (*known).min(deadline);
             }
             self.emit(Event::NoticeCoalesced { instance });
-            return Ok(RebalanceOutcome::Coalesced);
+            return None;
         }
-        let result = self.rebalance(notice).await;
-        {
-            let mut state = self.state();
-            state.in_flight.remove(&instance);
-            state.deadlines.remove(&instance);
-        }
-        if let Err(e) = &result {
-            self.emit(Event::NoticeRejected {
-                instance,
-                reason: e.to_string(),
-            });
-        }
-        result
+        Some(InFlight {
+            engine: self,
+            instance,
+        })
     }
 
-    async fn rebalance(&self, notice: &Notice) -> Result<RebalanceOutcome, Error> {
-        let instance = notice.instance_id.as_str();
+    /// The earliest interruption time known for the notice's instance.
+    fn deadline(&self, notice: &Notice) -> Option<SystemTime> {
+        let learned = self.state().deadlines.get(&notice.instance_id).copied();
+        match (notice.deadline(), learned) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The spot group holding `instance`, its pair, and whether the policy lets Spot Guard
+    /// scale it.
+    async fn scaling_target(&self, instance: &str) -> Result<Target, Error> {
         let groups = self
             .cloud
             .describe_groups(&self.config.group_names())
@@ -616,92 +778,55 @@ where
                 }
                 CapacityRebalancePolicy::DrainOnly => true,
             };
-        let snapshot = self.cluster.snapshot().await?;
-        let node = snapshot
+        Ok(Target {
+            pair,
+            spot,
+            drain_only,
+        })
+    }
+
+    /// The node of `instance` in the snapshot.
+    fn node_of(snapshot: &ClusterView, instance: &str) -> Result<String, Error> {
+        snapshot
             .node_for_instance(instance)
             .map(|n| n.name.clone())
             .ok_or_else(|| Error::NoNode {
                 instance: instance.to_string(),
-            })?;
+            })
+    }
+
+    async fn taint(&self, node: &str) -> Result<(), Error> {
+        self.cluster.taint(node, &self.config.taint.taint()).await?;
+        self.emit(Event::Tainted {
+            node: node.to_string(),
+        });
+        Ok(())
+    }
+
+    async fn rebalance(&self, notice: &Notice) -> Result<RebalanceOutcome, Error> {
+        if let Some(deadline) = notice.deadline() {
+            return self.interruption(notice, deadline).await;
+        }
+        let instance = notice.instance_id.as_str();
+        let target = self.scaling_target(instance).await?;
+        let snapshot = self.cluster.snapshot().await?;
+        let node = Self::node_of(&snapshot, instance)?;
 
         // Taint first: nothing new lands on the node while the replacement comes.
-        self.cluster
-            .taint(&node, &self.config.taint.taint())
-            .await?;
-        self.emit(Event::Tainted { node: node.clone() });
-
+        self.taint(&node).await?;
         let start = self.clock.now();
-        // With an interruption coming, every wait ends in time for the drain to fit.
-        let latest = notice.deadline().map(|deadline| {
-            deadline
-                .checked_sub(self.config.timings.interruption_drain_window)
-                .unwrap_or(deadline)
-        });
-
-        let mut prescale: Option<String> = None;
-        let replacement = if drain_only {
-            Replacement::NotAttempted
-        } else {
-            // A pre-scale already made for this instance (an earlier notice whose payback
-            // failed) is resumed, never made twice.
-            let raised = match self.open_prescale(instance, &spot).await? {
-                Some((raised, Some(ready))) => {
-                    prescale = Some(raised.entry);
-                    Err(Ok(ready))
-                }
-                Some((raised, None)) => Ok(raised),
-                None => self
-                    .raise(EntryKind::Prescale, &pair.spot, &pair, instance)
-                    .await
-                    .map_err(Err),
-            };
-            let spot_result = match raised {
-                Ok(raised) => {
-                    prescale = Some(raised.entry.clone());
-                    match self
-                        .wait_for_instance(&pair.spot, &raised, start, latest, instance)
-                        .await
-                    {
-                        Ok(Ok(new)) => Ok(new),
-                        Ok(Err(end)) => Err(end),
-                        Err(e) => Err(WaitEnd::Failed(e.to_string())),
-                    }
-                }
-                Err(Ok(ready)) => Ok(ready),
-                Err(Err(e)) => Err(WaitEnd::Failed(e.to_string())),
-            };
-            match spot_result {
-                Ok(new) => Replacement::Spot { instance: new },
-                Err(WaitEnd::NoTime) => Replacement::Launching {
-                    group: pair.spot.clone(),
-                },
-                Err(end) => {
-                    self.emit(Event::ScaleUpFailed {
-                        group: pair.spot.clone(),
-                        reason: end.describe(),
-                    });
-                    self.fall_back(&pair, instance, start, latest).await
-                }
-            }
-        };
-
-        // A new instance that arrived after the spot wait ended counts as a replacement.
-        let replacement = match replacement {
-            Replacement::None { reason } if prescale.is_some() => {
-                self.adopt_late_spot(&pair, prescale.as_deref(), reason)
-                    .await?
-            }
-            other => other,
-        };
+        let (replacement, prescale) = self
+            .seek_replacement(&target, instance, start, None)
+            .await?;
         let protected = self.protect(&replacement, &snapshot).await;
 
-        let interruption =
-            notice.deadline().is_some() || self.state().deadlines.contains_key(instance);
+        // An interruption notice merged into this action since makes it drain whatever came.
+        let interruption = self.state().deadlines.contains_key(instance);
         let result = match &replacement {
             Replacement::None { reason } if !interruption => {
                 // Continue with the existing node: give the pre-scale back, remove the taint.
                 if let Some(entry) = &prescale {
-                    self.give_back_unfilled(entry, &pair.spot).await?;
+                    self.give_back_unfilled(entry, &target.pair.spot).await?;
                 }
                 self.cluster.untaint(&node, &self.config.taint.key).await?;
                 self.emit(Event::Untainted { node: node.clone() });
@@ -724,19 +849,15 @@ where
                     });
                 }
                 let report = self.drain(&node).await?;
-                let paid_back = match (&prescale, report.is_complete() || interruption) {
-                    (Some(entry), true) => {
-                        self.pay_back_prescale(entry, &pair.spot, instance).await?
-                    }
-                    (None, true) if !drain_only => {
-                        // Nothing to pay back (the spot group could not be raised): hand the
-                        // drained instance back to its group, which replaces it, rather than
-                        // keep a tainted, empty node that EC2 may never reclaim.
-                        self.recycle(instance).await;
-                        false
-                    }
-                    _ => false,
-                };
+                let paid_back = self
+                    .settle_drained(
+                        instance,
+                        Some(&target),
+                        prescale.as_deref(),
+                        &report,
+                        interruption,
+                    )
+                    .await?;
                 RebalanceOutcome::Handled {
                     node,
                     replacement: replacement.clone(),
@@ -751,6 +872,193 @@ where
         Ok(result)
     }
 
+    /// An interruption notice (invariant 7): the node is tainted and drained whatever else
+    /// fails or is unknown — the instance's group, its Capacity Rebalancing policy, the Auto
+    /// Scaling API. Replacement capacity is sought best effort: the drain starts as soon as
+    /// that is settled, and at the latest `interruption_drain_window` before the
+    /// interruption, the search going on beside it.
+    async fn interruption(
+        &self,
+        notice: &Notice,
+        deadline: SystemTime,
+    ) -> Result<RebalanceOutcome, Error> {
+        let instance = notice.instance_id.as_str();
+        let snapshot = self.cluster.snapshot().await?;
+        let node = Self::node_of(&snapshot, instance)?;
+        self.taint(&node).await?;
+        let start = self.clock.now();
+        let latest = deadline
+            .checked_sub(self.config.timings.interruption_drain_window)
+            .unwrap_or(deadline);
+        let scaling = async {
+            let target = match self.scaling_target(instance).await {
+                Ok(target) => target,
+                Err(e) => {
+                    self.emit(Event::ScalingSkipped {
+                        instance: instance.to_string(),
+                        reason: e.to_string(),
+                    });
+                    return Ok((
+                        None,
+                        Replacement::Skipped {
+                            reason: e.to_string(),
+                        },
+                        None,
+                    ));
+                }
+            };
+            let (replacement, prescale) = self
+                .seek_replacement(&target, instance, start, Some(latest))
+                .await?;
+            Ok::<_, Error>((Some(target), replacement, prescale))
+        };
+        let mut scaling = pin!(scaling);
+        let drain_at = latest.duration_since(start).unwrap_or_default();
+        let timer = pin!(self.clock.sleep(drain_at));
+        let (scaled, report) = match select(scaling.as_mut(), timer).await {
+            Either::Left((scaled, _)) => {
+                let report = self.drain(&node).await;
+                (scaled, report)
+            }
+            // Time to drain: the search goes on beside the drain.
+            Either::Right(((), _)) => join(scaling, self.drain(&node)).await,
+        };
+        let report = report?;
+        let (target, replacement, prescale) = match scaled {
+            Ok(scaled) => scaled,
+            Err(e) => {
+                self.emit(Event::Error {
+                    during: format!("seeking a replacement for interrupted instance {instance}"),
+                    message: e.to_string(),
+                });
+                (
+                    None,
+                    Replacement::None {
+                        reason: e.to_string(),
+                    },
+                    None,
+                )
+            }
+        };
+        if let Replacement::None { reason } = &replacement {
+            self.emit(Event::NoReplacement {
+                node: node.clone(),
+                reason: format!("{reason}; drained before the interruption"),
+            });
+        }
+        let paid_back = self
+            .settle_drained(
+                instance,
+                target.as_ref(),
+                prescale.as_deref(),
+                &report,
+                true,
+            )
+            .await?;
+        Ok(RebalanceOutcome::Handled {
+            node,
+            replacement,
+            drain: Some(report),
+            paid_back,
+        })
+    }
+
+    /// Raises the spot group (or resumes the pre-scale the ledger holds for the instance),
+    /// waits for a new instance, and falls back to on-demand when spot fails. Returns what
+    /// stood in and the pre-scale entry, if one was made.
+    async fn seek_replacement(
+        &self,
+        target: &Target,
+        instance: &str,
+        start: SystemTime,
+        latest: Option<SystemTime>,
+    ) -> Result<(Replacement, Option<String>), Error> {
+        if target.drain_only {
+            return Ok((Replacement::NotAttempted, None));
+        }
+        let pair = &target.pair;
+        let mut prescale: Option<String> = None;
+        // A pre-scale already made for this instance (an earlier attempt, or a notice whose
+        // payback failed) is resumed, never made twice.
+        let raised = match self.open_prescale(instance, &target.spot).await? {
+            Some((raised, Some(ready))) => {
+                prescale = Some(raised.entry);
+                Err(Ok(ready))
+            }
+            Some((raised, None)) => Ok(raised),
+            None => self
+                .raise(EntryKind::Prescale, &pair.spot, pair, instance)
+                .await
+                .map_err(Err),
+        };
+        let spot_result = match raised {
+            Ok(raised) => {
+                prescale = Some(raised.entry.clone());
+                match self
+                    .wait_for_instance(&pair.spot, &raised, start, latest, instance)
+                    .await
+                {
+                    Ok(Ok(new)) => Ok(new),
+                    Ok(Err(end)) => Err(end),
+                    Err(e) => Err(WaitEnd::Failed(e.to_string())),
+                }
+            }
+            Err(Ok(ready)) => Ok(ready),
+            Err(Err(e)) => Err(WaitEnd::Failed(e.to_string())),
+        };
+        let replacement = match spot_result {
+            Ok(new) => Replacement::Spot { instance: new },
+            Err(WaitEnd::NoTime) => Replacement::Launching {
+                group: pair.spot.clone(),
+            },
+            Err(end) => {
+                self.emit(Event::ScaleUpFailed {
+                    group: pair.spot.clone(),
+                    reason: end.describe(),
+                });
+                self.fall_back(pair, instance, start, latest).await
+            }
+        };
+        // A new instance that arrived after the spot wait ended counts as a replacement.
+        let replacement = match replacement {
+            Replacement::None { reason } if prescale.is_some() => {
+                self.adopt_late_spot(pair, prescale.as_deref(), reason)
+                    .await?
+            }
+            other => other,
+        };
+        Ok((replacement, prescale))
+    }
+
+    /// After the drain: pays the spot pre-scale back, or hands a drained instance with
+    /// nothing to pay back to its group. Returns whether the pre-scale was paid back.
+    async fn settle_drained(
+        &self,
+        instance: &str,
+        target: Option<&Target>,
+        prescale: Option<&str>,
+        report: &DrainReport,
+        interruption: bool,
+    ) -> Result<bool, Error> {
+        let Some(target) = target else {
+            return Ok(false);
+        };
+        match (prescale, report.is_complete() || interruption) {
+            (Some(entry), true) => {
+                self.pay_back_prescale(entry, &target.pair.spot, instance)
+                    .await
+            }
+            (None, true) if !target.drain_only => {
+                // Nothing to pay back (the spot group could not be raised): hand the drained
+                // instance back to its group, which replaces it, rather than keep a tainted,
+                // empty node that EC2 may never reclaim.
+                self.recycle(instance).await;
+                Ok(false)
+            }
+            _ => Ok(false),
+        }
+    }
+
     /// An open pre-scale for this at-risk instance, with its replacement when that is already
     /// InService in the group.
     async fn open_prescale(
@@ -758,7 +1066,26 @@ where
         at_risk: &str,
         spot: &Group,
     ) -> Result<Option<(Raised, Option<InstanceId>)>, Error> {
-        let ledger = self.store.load().await?.value;
+        let mut ledger = self.store.load().await?.value;
+        // An intent an earlier attempt left pending (its call's outcome unknown): settle it
+        // from the group first, under the lock, so a retry neither raises twice nor loses it.
+        let pending = ledger
+            .open()
+            .find(|e| {
+                e.kind == EntryKind::Prescale
+                    && e.at_risk_instance == at_risk
+                    && e.state == EntryState::Pending
+            })
+            .cloned();
+        if let Some(entry) = pending {
+            self.locked(&entry.group, async {
+                let g = self.describe(&entry.group).await?;
+                let by_name = HashMap::from([(g.name.as_str(), &g)]);
+                self.settle_pending(&entry, &by_name).await
+            })
+            .await?;
+            ledger = self.store.load().await?.value;
+        }
         let found = ledger
             .open()
             .find(|e| {
@@ -939,46 +1266,73 @@ where
             .await?;
             return Ok(false);
         }
-        let g = self.describe(spot_group).await?;
-        let how = if g.holds(at_risk) {
-            let decrement = g.desired > g.min;
-            self.record_payback(
-                entry,
-                Payback::Terminate {
-                    instance: at_risk.to_string(),
-                },
-            )
-            .await?;
-            match self.cloud.terminate_instance(at_risk, decrement).await {
-                Ok(()) if decrement => format!("terminated {at_risk} with decrement"),
-                Ok(()) => format!("terminated {at_risk} without decrement (group at its minimum)"),
-                Err(CloudError::UnknownInstance { .. }) => {
-                    match self.lower_or_note(spot_group, at_risk, entry).await? {
-                        Some(how) => how,
-                        None => return Ok(false),
+        let paid = self.locked(spot_group, async {
+            // Under the lock, from the ledger as it is now: another flow for the same
+            // instance (a second agent, the monitor resuming it) may have paid it back.
+            let Some(open) = self.open_entry(entry).await? else {
+                return Ok(None);
+            };
+            let g = self.describe(spot_group).await?;
+            let how = if let Some(p) = open.payback.as_ref().filter(|p| p.is_done(&g)) {
+                format!("{p:?} took effect before its outcome was recorded; paid back")
+            } else if g.holds(at_risk) {
+                self.record_payback(
+                    entry,
+                    Payback::Terminate {
+                        instance: at_risk.to_string(),
+                    },
+                )
+                .await?;
+                match self.terminate_locked(&g, at_risk).await? {
+                    Ok(true) => format!("terminated {at_risk} with decrement"),
+                    Ok(false) => {
+                        format!("terminated {at_risk} without decrement (group at its minimum)")
+                    }
+                    Err(CloudError::UnknownInstance { .. }) => {
+                        match self
+                            .lower_or_note_locked(spot_group, at_risk, entry)
+                            .await?
+                        {
+                            Some(how) => how,
+                            None => return Ok(None),
+                        }
+                    }
+                    Err(e) => {
+                        self.emit(Event::Error {
+                            during: format!("paying back {entry}"),
+                            message: e.to_string(),
+                        });
+                        return Ok(None);
                     }
                 }
-                Err(e) => {
-                    self.emit(Event::Error {
-                        during: format!("paying back {entry}"),
-                        message: e.to_string(),
-                    });
-                    return Ok(false);
+            } else {
+                match self
+                    .lower_or_note_locked(spot_group, at_risk, entry)
+                    .await?
+                {
+                    Some(how) => how,
+                    None => return Ok(None),
                 }
-            }
-        } else {
-            match self.lower_or_note(spot_group, at_risk, entry).await? {
-                Some(how) => how,
-                None => return Ok(false),
-            }
+            };
+            // Released before the lock goes, so the next holder sees it paid back.
+            self.transition(entry, EntryState::Released, &how).await?;
+            Ok(Some(how))
+        });
+        let Some(how) = paid.await? else {
+            return Ok(false);
         };
-        self.transition(entry, EntryState::Released, &how).await?;
         self.emit(Event::PaidBack {
             entry: entry.to_string(),
             group: spot_group.to_string(),
             how,
         });
         Ok(true)
+    }
+
+    /// The entry as the ledger holds it now, if it is still open.
+    async fn open_entry(&self, id: &str) -> Result<Option<Entry>, Error> {
+        let ledger = self.store.load().await?.value;
+        Ok(ledger.get(id).filter(|e| e.is_open()).cloned())
     }
 
     /// Terminates a drained at-risk instance without decrement: the group launches a fresh
@@ -1025,13 +1379,13 @@ where
 
     /// The at-risk instance is gone: lower the unfilled slot it left, or, when the group has
     /// already replaced it, hand the surplus instance to the monitor (`None`).
-    async fn lower_or_note(
+    async fn lower_or_note_locked(
         &self,
         group: &str,
         at_risk: &str,
         entry: &str,
     ) -> Result<Option<String>, Error> {
-        if self.lower_unfilled(group, entry).await? {
+        if self.lower_unfilled_locked(group, entry).await? {
             return Ok(Some(format!(
                 "{at_risk} already gone; lowered desired capacity by one"
             )));
@@ -1295,18 +1649,65 @@ where
             report.draining.push(entry.id.clone());
             return Ok(());
         }
-        let decrement = od.desired > od.min;
-        self.cloud.terminate_instance(&instance, decrement).await?;
-        let how = if decrement {
-            format!("terminated {instance} with decrement")
-        } else {
-            format!(
-                "terminated {instance} without decrement ({} at its minimum)",
-                od.name
-            )
+        // Under both groups' locks, on the groups as they are now: phase 1 may be raising
+        // the on-demand group, or the spot group (which would make it unhealthy again).
+        let spot_group = entry.spot_group.as_str();
+        let remove = async {
+            if self.open_entry(&entry.id).await?.is_none() {
+                return Ok(Ok(format!("{} was settled meanwhile", entry.id)));
+            }
+            let names = [od.name.clone(), entry.spot_group.clone()];
+            let fresh = self.cloud.describe_groups(&names).await?;
+            let find = |name: &str| {
+                fresh.iter().find(|g| g.name == name).ok_or_else(|| {
+                    Error::from(CloudError::UnknownGroup {
+                        group: name.to_string(),
+                    })
+                })
+            };
+            let (g, spot) = (find(&od.name)?, find(spot_group)?);
+            let verdict = health(spot, activities, self.clock.now(), &self.config);
+            if !verdict.is_go() {
+                return Ok(Err(verdict));
+            }
+            let how = if !g.holds(&instance) {
+                format!(
+                    "fallback instance {instance} left {} while it was drained",
+                    od.name
+                )
+            } else if self.terminate_locked(g, &instance).await?? {
+                format!("terminated {instance} with decrement")
+            } else {
+                format!(
+                    "terminated {instance} without decrement ({} at its minimum)",
+                    od.name
+                )
+            };
+            // Released before the locks go, so the next holder sees it given back.
+            self.transition(&entry.id, EntryState::Released, &how)
+                .await?;
+            Ok(Ok(how))
         };
-        self.transition(&entry.id, EntryState::Released, &how)
-            .await?;
+        // A surplus spot instance is given back to the spot group itself: one lock.
+        let removed = if od.name == spot_group {
+            self.locked(spot_group, remove).await?
+        } else {
+            self.locked(&od.name, self.locked(spot_group, remove))
+                .await?
+        };
+        let how = match removed {
+            Ok(how) => how,
+            Err(verdict) => {
+                // Spot relapsed while the node drained: keep the fallback.
+                let draining = Entry {
+                    state: EntryState::Draining,
+                    ..entry.clone()
+                };
+                self.judge(&draining, Check::Health, verdict, report)
+                    .await?;
+                return Ok(());
+            }
+        };
         self.emit(Event::PaidBack {
             entry: entry.id.clone(),
             group: od.name.clone(),

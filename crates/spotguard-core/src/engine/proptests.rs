@@ -287,3 +287,185 @@ fn a_fallback_history_converges() {
     ])
     .unwrap();
 }
+
+// ----- interleavings ----------------------------------------------------------------------
+//
+// Several agents (each its own engine, as on different nodes) handle notices while the
+// controller's monitor ticks, all sharing one cloud, cluster, ledger and scale lock. Every
+// port call yields, and a random schedule picks which flow runs at each await point, so
+// raises, both kinds of payback, unfilled-slot lowering and monitor scale-downs interleave in
+// every order the real system allows. After each batch the groups' desired capacities are
+// exactly their start plus what the ledger still holds open.
+
+/// Spot maximum: two raises fit, a third concurrent notice falls back to on-demand.
+const SPOT_MAX: u32 = SPOT_BASE + 2;
+
+#[derive(Debug, Clone)]
+enum Actor {
+    /// An agent handling a rebalance recommendation for the spot instance at this index.
+    Agent(usize),
+    /// The controller's monitor, ticking this many times 30 s apart.
+    Monitor(u8),
+}
+
+#[derive(Debug, Clone)]
+struct Batch {
+    actors: Vec<Actor>,
+    /// Which unfinished flow runs next, cycled.
+    schedule: Vec<usize>,
+    /// Spot launches fail during the batch.
+    outage: bool,
+    /// Time passing after the batch.
+    pass_secs: u64,
+}
+
+fn batch() -> impl Strategy<Value = Batch> {
+    let actor = prop_oneof![
+        3 => (0..8usize).prop_map(Actor::Agent),
+        1 => (1..4u8).prop_map(Actor::Monitor),
+    ];
+    (
+        proptest::collection::vec(actor, 1..6),
+        proptest::collection::vec(0..64usize, 1..48),
+        proptest::bool::weighted(0.25),
+        0..300u64,
+    )
+        .prop_map(|(actors, schedule, outage, pass_secs)| Batch {
+            actors,
+            schedule,
+            outage,
+            pass_secs,
+        })
+}
+
+/// Polls the flows one at a time, in the order `schedule` picks (cycled, shifted by one each
+/// round), until all are done: any interleaving of their await points can be chosen.
+fn run_scheduled(
+    mut flows: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>>>,
+    schedule: &[usize],
+) -> Result<(), TestCaseError> {
+    let waker = futures::task::noop_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut step = 0usize;
+    while !flows.is_empty() {
+        prop_assert!(step < 2_000_000, "flows made no progress in {step} polls");
+        // Shifted by one every round through the schedule, so no flow starves.
+        let i = (schedule[step % schedule.len()] + step / schedule.len()) % flows.len();
+        step += 1;
+        if flows[i].as_mut().poll(&mut cx).is_ready() {
+            drop(flows.swap_remove(i));
+        }
+    }
+    Ok(())
+}
+
+impl Sim {
+    fn interleaved() -> Self {
+        let mut sim = Sim::new();
+        sim.cloud.st().groups.get_mut("web-spot").unwrap().max = SPOT_MAX;
+        sim.cloud.interleave = true;
+        sim.cluster.interleave = true;
+        sim.store.interleave = true;
+        sim
+    }
+
+    /// Desired capacity of each group equals its start plus the open entries that hold a
+    /// unit of it (invariants 1 and 4, exactly).
+    fn check_exact(&self) -> Result<(), TestCaseError> {
+        let ledger = self.store.ledger();
+        let holding = |group: &str| {
+            ledger
+                .open()
+                .filter(|e| e.group == group && e.state != EntryState::Pending)
+                .count() as u32
+        };
+        let spot = self.cloud.group("web-spot").desired;
+        let od = self.cloud.group("web-od").desired;
+        prop_assert_eq!(
+            spot,
+            SPOT_BASE + holding("web-spot"),
+            "spot desired capacity is not its start plus the open entries: {:#?}",
+            ledger.open().collect::<Vec<_>>()
+        );
+        prop_assert_eq!(
+            od,
+            holding("web-od"),
+            "on-demand desired capacity is not the open fallbacks: {:#?}",
+            ledger.open().collect::<Vec<_>>()
+        );
+        Ok(())
+    }
+}
+
+fn run_interleaved(batches: Vec<Batch>) -> Result<(), TestCaseError> {
+    let sim = Sim::interleaved();
+    let lock = LocalScaleLock::default();
+    let controller = sim.engine(&lock);
+    for batch in batches {
+        sim.cloud.st().spot_outage = batch.outage;
+        // One agent per node, as the DaemonSet runs them: notices for one instance go to
+        // one engine, which merges them.
+        let mut agents: Vec<(SimEngine<'_>, Vec<Notice>)> = Vec::new();
+        for actor in &batch.actors {
+            let Actor::Agent(idx) = *actor else { continue };
+            let Some(notice) = sim.notice(idx, false) else {
+                continue;
+            };
+            match agents
+                .iter_mut()
+                .find(|(_, n)| n[0].instance_id == notice.instance_id)
+            {
+                Some((_, notices)) => notices.push(notice),
+                None => agents.push((sim.engine(&lock), vec![notice])),
+            }
+        }
+        let mut flows: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>>> = agents
+            .iter()
+            .flat_map(|(engine, notices)| {
+                notices.iter().map(move |notice| {
+                    Box::pin(async move {
+                        let _ = engine.handle_notice(notice).await;
+                    }) as _
+                })
+            })
+            .collect();
+        for actor in &batch.actors {
+            if let Actor::Monitor(ticks) = *actor {
+                let controller = &controller;
+                let clock = &sim.clock;
+                flows.push(Box::pin(async move {
+                    for _ in 0..ticks {
+                        let _ = controller.monitor_tick().await;
+                        clock.sleep(Duration::from_secs(30)).await;
+                    }
+                }));
+            }
+        }
+        run_scheduled(flows, &batch.schedule)?;
+        sim.check_exact()?;
+        sim.cloud.st().spot_outage = false;
+        sim.cloud.reconcile_all();
+        sim.pass(batch.pass_secs);
+        sim.check_step()?;
+    }
+    // Convergence: spot back; the monitor gives every fallback back.
+    for _ in 0..80 {
+        sim.pass(30);
+        block_on(controller.monitor_tick()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        sim.check_exact()?;
+    }
+    let open: Vec<_> = sim.store.ledger().open().cloned().collect();
+    prop_assert!(open.is_empty(), "entries left open: {open:#?}");
+    prop_assert_eq!(sim.cloud.group("web-od").desired, 0);
+    prop_assert_eq!(sim.cloud.group("web-spot").desired, SPOT_BASE);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: std::env::var("SPOTGUARD_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(192), ..ProptestConfig::default() })]
+
+    #[test]
+    fn capacity_changes_never_overwrite_each_other(batches in proptest::collection::vec(batch(), 1..6)) {
+        run_interleaved(batches)?;
+    }
+}

@@ -1085,3 +1085,239 @@ fn a_prescale_whose_instance_ec2_reclaimed_first_is_given_back_as_surplus() {
         "the surplus node was drained before it went"
     );
 }
+
+// ----- an interruption always drains (invariant 7) --------------------------------------------
+
+/// The next `times` group look-ups fail with a retryable API error.
+fn fail_describes(w: &World, times: u32, message: &str) {
+    let e = CloudError::Api {
+        operation: "DescribeAutoScalingGroups".into(),
+        target: "web-spot".into(),
+        message: message.into(),
+        retryable: true,
+    };
+    w.cloud.st().fail_times.insert("describe", (times, e));
+}
+
+fn drained(w: &World, node: &str) -> bool {
+    w.cluster.calls().contains(&format!("drain {node}"))
+}
+
+fn skipped(w: &World) -> Vec<String> {
+    w.events
+        .events()
+        .into_iter()
+        .filter_map(|(_, e)| match e {
+            Event::ScalingSkipped { reason, .. } => Some(reason),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn interruption_of_an_instance_in_no_configured_group_still_drains() {
+    let w = World::new(1, 0);
+    w.cluster
+        .snap
+        .lock()
+        .unwrap()
+        .nodes
+        .push(node_for("i-stray", CapacityType::Spot));
+    w.cluster.add_pod("batch-0", "node-i-stray", 100);
+    let out = block_on(w.engine().handle_notice(&w.interruption("i-stray", 120))).unwrap();
+    let RebalanceOutcome::Handled {
+        replacement, drain, ..
+    } = out
+    else {
+        panic!("not handled: {out:?}")
+    };
+    assert!(matches!(replacement, Replacement::Skipped { .. }));
+    assert!(drain.is_some_and(|d| d.is_complete()));
+    assert!(w
+        .cluster
+        .node("node-i-stray")
+        .taints
+        .iter()
+        .any(|t| t.key == "spotguard.dev/draining"));
+    assert!(drained(&w, "node-i-stray"));
+    assert!(w.mutations().is_empty(), "{:?}", w.mutations());
+    assert!(
+        skipped(&w)[0].contains("not in any configured spot group"),
+        "{:?}",
+        skipped(&w)
+    );
+}
+
+#[test]
+fn interruption_on_a_capacity_rebalancing_group_drains_under_the_refuse_policy() {
+    let w = World::new(1, 0);
+    w.cloud
+        .st()
+        .groups
+        .get_mut("web-spot")
+        .unwrap()
+        .capacity_rebalance = true;
+    w.cluster.add_pod("web-1", "node-i-web-spot-0", 100);
+    let out = block_on(
+        w.engine()
+            .handle_notice(&w.interruption("i-web-spot-0", 120)),
+    )
+    .unwrap();
+    assert!(matches!(
+        out,
+        RebalanceOutcome::Handled {
+            replacement: Replacement::Skipped { .. },
+            drain: Some(_),
+            ..
+        }
+    ));
+    assert!(drained(&w, "node-i-web-spot-0"));
+    assert!(w.mutations().is_empty(), "{:?}", w.mutations());
+    assert!(skipped(&w)[0].contains("Capacity Rebalancing"));
+}
+
+#[test]
+fn interruption_drains_when_auto_scaling_cannot_be_reached() {
+    let w = World::new(1, 0);
+    fail_describes(&w, u32::MAX, "connection refused");
+    w.cluster.add_pod("web-1", "node-i-web-spot-0", 100);
+    let out = block_on(
+        w.engine()
+            .handle_notice(&w.interruption("i-web-spot-0", 120)),
+    )
+    .unwrap();
+    assert!(matches!(
+        out,
+        RebalanceOutcome::Handled {
+            replacement: Replacement::Skipped { .. },
+            drain: Some(_),
+            ..
+        }
+    ));
+    assert!(drained(&w, "node-i-web-spot-0"));
+    assert!(skipped(&w)[0].contains("connection refused"));
+}
+
+#[test]
+fn interruption_drain_is_not_held_up_by_a_slow_auto_scaling_api() {
+    let w = World::new(1, 0);
+    // Every describe takes far longer than the 30 s before the drain must start.
+    w.cloud.stall_describes(5_000);
+    w.cluster.add_pod("web-1", "node-i-web-spot-0", 100);
+    let start = w.clock.now();
+    block_on(
+        w.engine()
+            .handle_notice(&w.interruption("i-web-spot-0", 120)),
+    )
+    .unwrap();
+    let events = w.events.events();
+    let drained_at = events
+        .iter()
+        .position(|(_, e)| matches!(e, Event::Drained { .. }))
+        .expect("drained");
+    let (at, _) = &events[drained_at];
+    // 120 s notice minus the 90 s drain window.
+    assert!(at.duration_since(start).unwrap() <= Duration::from_secs(30));
+    // The drain came before any scaling: the describe was still under way.
+    assert!(!events[..drained_at]
+        .iter()
+        .any(|(_, e)| matches!(e, Event::ScaledUp { .. })));
+}
+
+// ----- a failed notice is retried -------------------------------------------------------------
+
+#[test]
+fn a_notice_meeting_a_burst_of_api_errors_succeeds_on_retry_with_one_raise() {
+    let w = World::new(2, 0);
+    w.cluster.add_pod("web-1", "node-i-web-spot-0", 100);
+    // The first three attempts cannot even look the group up.
+    fail_describes(&w, 3, "throttled");
+    // Then the drain fails once, after the raise was made.
+    *w.cluster.fail_next_drain.lock().unwrap() = Some(ClusterError::Api {
+        operation: "evict".into(),
+        target: "default/web-1".into(),
+        message: "the server is currently unable to handle the request".into(),
+    });
+    let out = block_on(w.engine().handle_notice(&w.notice("i-web-spot-0"))).unwrap();
+    assert!(matches!(
+        out,
+        RebalanceOutcome::Handled {
+            replacement: Replacement::Spot { .. },
+            paid_back: true,
+            ..
+        }
+    ));
+    let raises: Vec<_> = w
+        .mutations()
+        .into_iter()
+        .filter(|m| m.starts_with("set_desired web-spot"))
+        .collect();
+    assert_eq!(raises, vec!["set_desired web-spot 3"], "one raise only");
+    let retries = w
+        .events
+        .events()
+        .iter()
+        .filter(|(_, e)| matches!(e, Event::NoticeRetrying { .. }))
+        .count();
+    assert_eq!(retries, 4);
+    let ledger = w.store.ledger();
+    assert_eq!(ledger.entries.len(), 1, "{ledger:#?}");
+    assert_eq!(ledger.entries[0].state, EntryState::Released);
+    assert_eq!(w.cloud.group("web-spot").desired, 2);
+}
+
+#[test]
+fn a_notice_is_given_up_after_the_retry_limit() {
+    let w = World::new(1, 0);
+    fail_describes(&w, u32::MAX, "throttled");
+    let start = w.clock.now();
+    let e = block_on(w.engine().handle_notice(&w.notice("i-web-spot-0"))).unwrap_err();
+    assert!(e.is_transient());
+    let events = w.events.events();
+    let abandoned: Vec<_> = events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::NoticeAbandoned { attempts, .. } => Some(*attempts),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(abandoned, vec![6]);
+    // 5 s, 10 s, 20 s, 40 s, then the 60 s cap.
+    assert_eq!(
+        w.clock.now().duration_since(start).unwrap(),
+        Duration::from_secs(5 + 10 + 20 + 40 + 60)
+    );
+    assert!(w.mutations().is_empty());
+}
+
+#[test]
+fn a_permanent_error_is_not_retried() {
+    let w = World::new(1, 0);
+    let e = block_on(w.engine().handle_notice(&w.notice("i-nowhere"))).unwrap_err();
+    assert!(matches!(e, Error::UnknownInstance { .. }));
+    assert!(!w
+        .events
+        .events()
+        .iter()
+        .any(|(_, e)| matches!(e, Event::NoticeRetrying { .. })));
+}
+
+#[test]
+fn a_retried_interruption_stops_before_its_deadline() {
+    let w = World::new(1, 0);
+    *w.cluster.fail_next_drain.lock().unwrap() = None;
+    // The node cannot be found in any snapshot: nothing can be drained; retried, but never
+    // past the interruption.
+    w.cluster.fail_snapshots(u32::MAX);
+    let start = w.clock.now();
+    let _ = block_on(
+        w.engine()
+            .handle_notice(&w.interruption("i-web-spot-0", 30)),
+    );
+    assert!(w.clock.now().duration_since(start).unwrap() < Duration::from_secs(30));
+    assert!(w
+        .events
+        .events()
+        .iter()
+        .any(|(_, e)| matches!(e, Event::NoticeAbandoned { .. })));
+}

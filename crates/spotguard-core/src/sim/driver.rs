@@ -497,7 +497,7 @@ impl Driver {
                         };
                         let e = e.clone();
                         self.spawn(async move {
-                            let _ = e.handle_rebalance(&notice).await;
+                            let _ = e.handle_notice(&notice).await;
                         });
                     }
                 }
@@ -562,7 +562,7 @@ impl Driver {
             (Strategy::SpotGuard, Some(e)) => {
                 let e = e.clone();
                 self.spawn(async move {
-                    let _ = e.handle_rebalance(&notice).await;
+                    let _ = e.handle_notice(&notice).await;
                 });
             }
             (Strategy::NoSpotGuard, _) => {
