@@ -8,7 +8,7 @@ mod harness;
 
 use std::time::{Duration, SystemTime};
 
-use harness::{node_name, World, NAMESPACE, ON_DEMAND, SPOT};
+use harness::{node_name, reach_fallback, World, NAMESPACE, ON_DEMAND, SPOT};
 use spotguard_aws::testing::{GroupSpec, ImdsServer};
 use spotguard_core::ledger::{EntryKind, EntryState};
 
@@ -92,4 +92,179 @@ async fn concurrent_agents_raise_the_group_once_each() {
     b.terminate();
     assert!(a.wait_exit(Duration::from_secs(30)).await.success());
     assert!(b.wait_exit(Duration::from_secs(30)).await.success());
+}
+
+/// Ten agents on ten spot nodes, one notice each at the same moment; replacements come up at
+/// once (moto's default), so the raises of some agents overlap the paybacks (terminate with
+/// decrement) of others. Every change of desired capacity is taken under the group's Lease,
+/// so the group ends exactly where it started with one replacement per notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wave_of_notices_leaves_the_group_where_it_started() {
+    const AGENTS: usize = 10;
+    const START: u32 = 12;
+    let world = World::start(&[
+        GroupSpec::spot(SPOT, 0, 40, START),
+        GroupSpec::on_demand(ON_DEMAND, 0, 5, 0),
+    ])
+    .await;
+    let before = world.instances(SPOT).await;
+    let at_risk: Vec<String> = before.iter().take(AGENTS).cloned().collect();
+    let mut imds = Vec::new();
+    for instance in &at_risk {
+        world.add_pods("web", &node_name(instance), 1);
+        imds.push(ImdsServer::start(instance).await);
+    }
+    world.config("");
+    let mut agents: Vec<_> = at_risk
+        .iter()
+        .zip(&imds)
+        .enumerate()
+        .map(|(i, (instance, imds))| {
+            world.spawn(
+                &format!("agent-{i}"),
+                "agent",
+                Some(imds),
+                &["--node-name", &node_name(instance)],
+            )
+        })
+        .collect();
+    for agent in &mut agents {
+        agent.wait_ready(Duration::from_secs(120)).await;
+    }
+
+    let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    for server in &imds {
+        server.set_rebalance(&now);
+    }
+    world
+        .eventually(
+            "every pre-scale made and settled",
+            Duration::from_secs(180),
+            || {
+                let ledger = world.ledger();
+                let prescales = ledger
+                    .entries
+                    .iter()
+                    .filter(|e| e.kind == EntryKind::Prescale)
+                    .count();
+                prescales >= AGENTS && ledger.open().count() == 0
+            },
+        )
+        .await;
+    let group = world.group(SPOT).await;
+    let new: Vec<String> = group
+        .instance_ids()
+        .into_iter()
+        .filter(|i| !before.contains(i))
+        .collect();
+    assert_eq!(
+        group.desired,
+        START,
+        "the group is back where it started: {:#?}",
+        world.ledger()
+    );
+    assert_eq!(new.len(), AGENTS, "one replacement per notice: {new:?}");
+    assert!(
+        at_risk.iter().all(|i| !group.holds(i)),
+        "every at-risk instance paid back"
+    );
+    let ledger = world.ledger();
+    let prescales = ledger
+        .entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::Prescale)
+        .count();
+    assert_eq!(prescales, AGENTS, "one raise per notice: {ledger:#?}");
+    for agent in &mut agents {
+        agent.terminate();
+    }
+    for agent in &mut agents {
+        assert!(agent.wait_exit(Duration::from_secs(30)).await.success());
+    }
+}
+
+/// The controller's monitor gives a fallback back (terminate with decrement of the on-demand
+/// group) while five agents fall back to the same on-demand group at once (the spot group is
+/// at its maximum). Raises and the scale-down are serialized under the group's Lease: once
+/// every fallback is given back, both groups are where they started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_monitor_gives_a_fallback_back_while_agents_raise_the_same_group() {
+    const SPOT_START: u32 = 6;
+    const OD_START: u32 = 1;
+    let world = World::start(&[
+        GroupSpec::spot(SPOT, 0, 10, SPOT_START),
+        GroupSpec::on_demand(ON_DEMAND, 0, 10, OD_START),
+    ])
+    .await;
+    let at_risk: Vec<String> = world.instances(SPOT).await.into_iter().take(6).collect();
+    let mut imds = Vec::new();
+    for instance in &at_risk {
+        world.add_pods("web", &node_name(instance), 1);
+        imds.push(ImdsServer::start(instance).await);
+    }
+    world.config("");
+    let mut daemons = vec![world.spawn("controller", "controller", None, &[])];
+    for (i, (instance, imds)) in at_risk.iter().zip(&imds).enumerate() {
+        daemons.push(world.spawn(
+            &format!("agent-{i}"),
+            "agent",
+            Some(imds),
+            &["--node-name", &node_name(instance)],
+        ));
+    }
+    for daemon in &mut daemons {
+        daemon.wait_ready(Duration::from_secs(120)).await;
+    }
+    // A first fallback, while spot launches fail.
+    let first = reach_fallback(&world, &imds[0], &at_risk[0]).await;
+    // The spot group is full, so the next notices fall back to on-demand at once.
+    let spot = world.group(SPOT).await;
+    world
+        .aws(&[
+            "update-auto-scaling-group",
+            "--auto-scaling-group-name",
+            SPOT,
+            "--max-size",
+            &spot.desired.to_string(),
+        ])
+        .await;
+    // Spot is healthy again: the monitor starts giving the first fallback back, and the
+    // agents' notices arrive at the same moment.
+    world.proxy.clear();
+    let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    for server in &imds[1..] {
+        server.set_rebalance(&now);
+    }
+    world
+        .eventually(
+            "six fallbacks made and every one given back",
+            Duration::from_secs(240),
+            || {
+                let ledger = world.ledger();
+                let fallbacks = ledger
+                    .entries
+                    .iter()
+                    .filter(|e| e.kind == EntryKind::Fallback)
+                    .count();
+                fallbacks == 6 && ledger.open().count() == 0
+            },
+        )
+        .await;
+    let ledger = world.ledger();
+    assert_eq!(
+        ledger.get(&first.entry).map(|e| e.state),
+        Some(EntryState::Released)
+    );
+    assert_eq!(
+        world.group(ON_DEMAND).await.desired,
+        OD_START,
+        "on-demand back where it started: {ledger:#?}"
+    );
+    assert_eq!(world.group(SPOT).await.desired, SPOT_START);
+    for daemon in &mut daemons {
+        daemon.terminate();
+    }
+    for daemon in &mut daemons {
+        assert!(daemon.wait_exit(Duration::from_secs(30)).await.success());
+    }
 }

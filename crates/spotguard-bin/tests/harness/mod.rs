@@ -256,7 +256,7 @@ log_level = "info"
         Daemon::spawn(name, command, log, port)
     }
 
-    /// `aws autoscaling <args>` against moto directly, as JSON.
+    /// `aws autoscaling <args>` against moto directly, as JSON (`null` when it prints nothing).
     pub async fn aws(&self, args: &[&str]) -> Value {
         let out = Command::new("aws")
             .args([
@@ -279,6 +279,9 @@ log_level = "info"
             "aws {args:?} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        if out.stdout.iter().all(u8::is_ascii_whitespace) {
+            return Value::Null; // an update prints nothing
+        }
         serde_json::from_slice(&out.stdout).expect("aws prints JSON")
     }
 
