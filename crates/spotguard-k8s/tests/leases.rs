@@ -223,3 +223,38 @@ async fn leader_election_is_exclusive_and_fails_over() {
     assert!(!follower.is_leader());
     assert!(leader.try_acquire_or_renew().await.unwrap());
 }
+
+/// Before a write to desired capacity the holder confirms its Lease: a fresh one passes, and
+/// one another identity took meanwhile is reported lost, so the write is not made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scale_lock_taken_over_is_reported_lost_before_the_write() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use kube::api::{Api, PostParams};
+
+    let fake = FakeApiServer::start().await;
+    let lock = LeaseScaleLock::new(fake.client(), lock_config("agent-a"));
+    lock.acquire("web-spot").await.unwrap();
+    lock.confirm("web-spot")
+        .await
+        .expect("a Lease just acquired is held");
+
+    // Another identity takes the Lease (as after an expiry while this holder was stalled).
+    let leases: Api<Lease> = Api::namespaced(fake.client(), "default");
+    let mut lease = leases.get("spotguard-scale-web-spot").await.unwrap();
+    lease.spec.as_mut().unwrap().holder_identity = Some("agent-b".into());
+    leases
+        .replace("spotguard-scale-web-spot", &PostParams::default(), &lease)
+        .await
+        .unwrap();
+    // Past a third of the 2 s duration, confirm asks the API server instead of trusting the
+    // last renewal.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let e = lock.confirm("web-spot").await.unwrap_err();
+    assert!(e.message.contains("lost"), "{e}");
+    assert_eq!(e.group, "web-spot");
+    assert_eq!(
+        scale_lease(&fake)["spec"]["holderIdentity"],
+        "agent-b",
+        "the other holder keeps it"
+    );
+}
