@@ -37,15 +37,16 @@ exit "$rc"
 "#;
 
 /// Waits for end-of-file on its input, then for the components' pid files to go (at most
-/// 10 s; they go as soon as the components are killed), then removes the folder. It ignores interrupts so that a Ctrl-C, which also reaches
-/// it, still leaves it to clean up when the test binary is gone.
+/// 10 s; they go as soon as the components are killed), then removes the folder, unless its
+/// second argument is `keep`. It ignores interrupts so that a Ctrl-C, which also reaches it,
+/// still leaves it to clean up when the test binary is gone.
 const JANITOR: &str = r#"
 dir="$1"
 trap '' INT HUP
 while read -r _; do :; done
 i=0
 while [ -n "$(ls -A "$dir/pids" 2>/dev/null)" ] && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
-rm -rf "$dir"
+[ "$2" = keep ] || rm -rf "$dir"
 "#;
 
 /// A running component under its wrapper.
@@ -118,13 +119,15 @@ pub(crate) struct Janitor {
 }
 
 impl Janitor {
-    /// Starts the janitor of `dir` (which must already hold `pids/`).
-    pub(crate) fn spawn(dir: &Path) -> Result<Self, String> {
+    /// Starts the janitor of `dir` (which must already hold `pids/`); with `keep` it leaves
+    /// the folder in place.
+    pub(crate) fn spawn(dir: &Path, keep: bool) -> Result<Self, String> {
         let mut child = Command::new("/bin/sh")
             .arg("-c")
             .arg(JANITOR)
             .arg("spotguard-testkit-janitor")
             .arg(dir)
+            .arg(if keep { "keep" } else { "remove" })
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
