@@ -1,10 +1,15 @@
 //! Taints, cordons and annotations: idempotent, and never losing another writer's change.
+//! Idempotence and the real API server's answer to a stale resourceVersion `test` on real kwok
+//! nodes of the test kit's control plane; conflict retries still on the fake (see below why).
 
 mod common;
 
 use std::sync::Arc;
 
-use serde_json::{json, Value};
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Patch, PatchParams};
+use kube::Api;
+use serde_json::json;
 use spotguard_core::model::{Taint, TaintEffect};
 use spotguard_core::ports::{Cluster, ClusterError};
 use spotguard_k8s::testing::{node, FakeApiServer};
@@ -17,7 +22,204 @@ fn taint(key: &str) -> Taint {
     }
 }
 
-fn taint_keys(fake: &FakeApiServer, name: &str) -> Vec<String> {
+fn nodes() -> Api<Node> {
+    Api::all(common::control_plane().admin_client())
+}
+
+async fn get_node(name: &str) -> Node {
+    nodes().get(name).await.expect("reading the node")
+}
+
+async fn taint_keys(name: &str) -> Vec<String> {
+    let mut keys: Vec<String> = get_node(name)
+        .await
+        .spec
+        .and_then(|s| s.taints)
+        .into_iter()
+        .flatten()
+        .map(|t| t.key)
+        .collect();
+    keys.sort();
+    keys
+}
+
+fn node_path(name: &str) -> String {
+    format!("/api/v1/nodes/{name}")
+}
+
+/// A kwok node named after `prefix`, with no taint of its own.
+async fn plain_node(prefix: &str) -> String {
+    common::create_node(prefix, None).await
+}
+
+#[tokio::test]
+async fn taint_untaint_cordon_annotate_are_idempotent() {
+    let name = common::unique_name("n1");
+    common::control_plane()
+        .create_node(&common::NodeBuilder::new(&name).taint("other", "x", "NoExecute"))
+        .await;
+    let (cluster, recorder) = common::recording_cluster().await;
+    let patches = || recorder.statuses("PATCH", &node_path(&name)).len();
+
+    cluster
+        .taint(&name, &taint("spotguard.dev/draining"))
+        .await
+        .unwrap();
+    let after_first = patches();
+    assert_eq!(after_first, 1);
+    cluster
+        .taint(&name, &taint("spotguard.dev/draining"))
+        .await
+        .unwrap();
+    assert_eq!(
+        patches(),
+        after_first,
+        "a second identical taint sends nothing"
+    );
+    assert_eq!(taint_keys(&name).await, ["other", "spotguard.dev/draining"]);
+
+    // Same key and effect, new value: replaced, not duplicated.
+    let mut changed = taint("spotguard.dev/draining");
+    changed.value = "v2".into();
+    cluster.taint(&name, &changed).await.unwrap();
+    let taints = get_node(&name).await.spec.unwrap().taints.unwrap();
+    let ours: Vec<_> = taints
+        .iter()
+        .filter(|t| t.key == "spotguard.dev/draining")
+        .collect();
+    assert_eq!(ours.len(), 1);
+    assert_eq!(ours[0].value.as_deref(), Some("v2"));
+    let other = taints.iter().find(|t| t.key == "other").unwrap();
+    assert_eq!(
+        (other.value.as_deref(), other.effect.as_str()),
+        (Some("x"), "NoExecute")
+    );
+
+    cluster
+        .untaint(&name, "spotguard.dev/draining")
+        .await
+        .unwrap();
+    let before = patches();
+    cluster
+        .untaint(&name, "spotguard.dev/draining")
+        .await
+        .unwrap();
+    assert_eq!(patches(), before);
+    assert_eq!(taint_keys(&name).await, ["other"]);
+
+    cluster.set_unschedulable(&name, true).await.unwrap();
+    let before = patches();
+    cluster.set_unschedulable(&name, true).await.unwrap();
+    assert_eq!(patches(), before);
+    assert_eq!(
+        get_node(&name).await.spec.unwrap().unschedulable,
+        Some(true)
+    );
+    cluster.set_unschedulable(&name, false).await.unwrap();
+    assert_eq!(get_node(&name).await.spec.unwrap().unschedulable, None);
+
+    let key = "cluster-autoscaler.kubernetes.io/scale-down-disabled";
+    cluster
+        .annotate(&name, key, Some("true".into()))
+        .await
+        .unwrap();
+    let before = patches();
+    cluster
+        .annotate(&name, key, Some("true".into()))
+        .await
+        .unwrap();
+    assert_eq!(patches(), before);
+    let annotations = get_node(&name).await.metadata.annotations.unwrap();
+    assert_eq!(annotations[key], "true");
+    assert!(
+        annotations.contains_key(spotguard_testkit_k8s::KWOK_NODE_ANNOTATION.0),
+        "other annotations kept"
+    );
+    cluster.annotate(&name, key, None).await.unwrap();
+    let before = patches();
+    cluster.annotate(&name, key, None).await.unwrap();
+    assert_eq!(patches(), before);
+    assert!(!get_node(&name)
+        .await
+        .metadata
+        .annotations
+        .unwrap()
+        .contains_key(key));
+    assert!(
+        recorder
+            .statuses("PATCH", &node_path(&name))
+            .iter()
+            .all(|c| *c == 200),
+        "{:?}",
+        recorder.requests()
+    );
+
+    let ghost = common::unique_name("ghost");
+    assert_eq!(
+        cluster.taint(&ghost, &taint("k")).await.unwrap_err(),
+        ClusterError::UnknownNode { node: ghost }
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Conflicts stay on the fake for now (`spotguard_k8s::testing::FakeApiServer`), because the
+// real API server showed the adapter wrong here: kube-apiserver v1.37.2 answers a JSON patch
+// whose `test` of `/metadata/resourceVersion` fails (another writer came between the read and
+// the patch) with `422 Invalid` and only the generic message "the server rejected our request
+// due to an error in our request", no causes (see
+// `the_api_server_answers_a_stale_resource_version_test_with_a_bare_422` below). The adapter's
+// `is_conflict` (src/taint.rs) takes a 422 for a conflict only when its message contains
+// "test", as the fake's answer does, so on the real API server the write fails at once with an
+// API error instead of being retried from a fresh read. Once the adapter recognises the real
+// answer, these three run on the real control plane (the interference hook is
+// `common::Recorder::set_hook`: it holds a read's answer back while another client writes).
+// ---------------------------------------------------------------------------------------------
+
+/// The API server's answer to a JSON patch whose resourceVersion `test` is stale: the answer
+/// the adapter's node writes must treat as a conflict.
+#[tokio::test]
+async fn the_api_server_answers_a_stale_resource_version_test_with_a_bare_422() {
+    let name = plain_node("stale").await;
+    let read = get_node(&name).await;
+    let stale = read
+        .metadata
+        .resource_version
+        .clone()
+        .expect("a resourceVersion");
+    nodes()
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"other-writer": "was-here"}}})),
+        )
+        .await
+        .expect("another writer");
+    let patch: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "test", "path": "/metadata/resourceVersion", "value": stale},
+        {"op": "add", "path": "/spec/unschedulable", "value": true},
+    ]))
+    .expect("a JSON patch");
+    match nodes()
+        .patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch))
+        .await
+    {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 422, "{status:?}");
+            assert_eq!(status.reason, "Invalid", "{status:?}");
+            eprintln!("a stale resourceVersion test is answered {status:?}");
+        }
+        other => panic!("a stale resourceVersion test was answered {other:?}"),
+    }
+    let node = get_node(&name).await;
+    assert_eq!(
+        node.spec.unwrap().unschedulable,
+        None,
+        "the patch changed nothing"
+    );
+    assert_eq!(node.metadata.labels.unwrap()["other-writer"], "was-here");
+}
+
+fn fake_taint_keys(fake: &FakeApiServer, name: &str) -> Vec<String> {
     let n = fake.get("", "nodes", None, name).unwrap();
     let mut keys: Vec<String> = n["spec"]["taints"]
         .as_array()
@@ -29,107 +231,8 @@ fn taint_keys(fake: &FakeApiServer, name: &str) -> Vec<String> {
     keys
 }
 
-fn patches(fake: &FakeApiServer) -> usize {
-    fake.requests()
-        .iter()
-        .filter(|(m, _, _)| m == "PATCH")
-        .count()
-}
-
 #[tokio::test]
-async fn taint_untaint_cordon_annotate_are_idempotent() {
-    let fake = FakeApiServer::start().await;
-    let mut n = node("n1", "i-1", "SPOT");
-    n["spec"]["taints"] = json!([{"key": "other", "value": "x", "effect": "NoExecute"}]);
-    fake.create(n);
-    let cluster = common::cluster(&fake).await;
-
-    cluster
-        .taint("n1", &taint("spotguard.dev/draining"))
-        .await
-        .unwrap();
-    let after_first = patches(&fake);
-    cluster
-        .taint("n1", &taint("spotguard.dev/draining"))
-        .await
-        .unwrap();
-    assert_eq!(
-        patches(&fake),
-        after_first,
-        "a second identical taint sends nothing"
-    );
-    assert_eq!(taint_keys(&fake, "n1"), ["other", "spotguard.dev/draining"]);
-
-    // Same key and effect, new value: replaced, not duplicated.
-    let mut changed = taint("spotguard.dev/draining");
-    changed.value = "v2".into();
-    cluster.taint("n1", &changed).await.unwrap();
-    let n = fake.get("", "nodes", None, "n1").unwrap();
-    let ours: Vec<&Value> = n["spec"]["taints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|t| t["key"] == "spotguard.dev/draining")
-        .collect();
-    assert_eq!(ours.len(), 1);
-    assert_eq!(ours[0]["value"], "v2");
-
-    cluster
-        .untaint("n1", "spotguard.dev/draining")
-        .await
-        .unwrap();
-    cluster
-        .untaint("n1", "spotguard.dev/draining")
-        .await
-        .unwrap();
-    assert_eq!(taint_keys(&fake, "n1"), ["other"]);
-
-    cluster.set_unschedulable("n1", true).await.unwrap();
-    let before = patches(&fake);
-    cluster.set_unschedulable("n1", true).await.unwrap();
-    assert_eq!(patches(&fake), before);
-    assert_eq!(
-        fake.get("", "nodes", None, "n1").unwrap()["spec"]["unschedulable"],
-        json!(true)
-    );
-    cluster.set_unschedulable("n1", false).await.unwrap();
-    assert!(fake.get("", "nodes", None, "n1").unwrap()["spec"]
-        .get("unschedulable")
-        .is_none());
-
-    let key = "cluster-autoscaler.kubernetes.io/scale-down-disabled";
-    cluster
-        .annotate("n1", key, Some("true".into()))
-        .await
-        .unwrap();
-    let before = patches(&fake);
-    cluster
-        .annotate("n1", key, Some("true".into()))
-        .await
-        .unwrap();
-    assert_eq!(patches(&fake), before);
-    assert_eq!(
-        fake.get("", "nodes", None, "n1").unwrap()["metadata"]["annotations"][key],
-        "true"
-    );
-    cluster.annotate("n1", key, None).await.unwrap();
-    cluster.annotate("n1", key, None).await.unwrap();
-    assert!(
-        fake.get("", "nodes", None, "n1").unwrap()["metadata"]["annotations"]
-            .get(key)
-            .is_none()
-    );
-
-    assert_eq!(
-        cluster.taint("ghost", &taint("k")).await.unwrap_err(),
-        ClusterError::UnknownNode {
-            node: "ghost".into()
-        }
-    );
-}
-
-#[tokio::test]
-async fn a_write_between_read_and_patch_is_retried_and_kept() {
+async fn a_write_between_read_and_patch_is_retried_and_kept_on_the_fake() {
     let fake = FakeApiServer::start().await;
     fake.create(node("n1", "i-1", "SPOT"));
     let cluster = common::cluster(&fake).await;
@@ -148,7 +251,7 @@ async fn a_write_between_read_and_patch_is_retried_and_kept() {
         .await
         .unwrap();
     assert_eq!(
-        taint_keys(&fake, "n1"),
+        fake_taint_keys(&fake, "n1"),
         ["other-0", "other-1", "spotguard.dev/draining"]
     );
     let refused = fake
@@ -163,7 +266,7 @@ async fn a_write_between_read_and_patch_is_retried_and_kept() {
 }
 
 #[tokio::test]
-async fn endless_interference_gives_up_with_conflict() {
+async fn endless_interference_gives_up_with_conflict_on_the_fake() {
     let fake = FakeApiServer::start().await;
     fake.create(node("n1", "i-1", "SPOT"));
     let cluster = common::cluster(&fake).await;
@@ -181,7 +284,7 @@ async fn endless_interference_gives_up_with_conflict() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_writers_racing_lose_no_taint() {
+async fn two_writers_racing_lose_no_taint_on_the_fake() {
     let fake = FakeApiServer::start().await;
     fake.create(node("n1", "i-1", "SPOT"));
     let a = Arc::new(common::cluster(&fake).await);
@@ -198,7 +301,7 @@ async fn two_writers_racing_lose_no_taint() {
     for t in tasks {
         t.await.unwrap().unwrap();
     }
-    let keys = taint_keys(&fake, "n1");
+    let keys = fake_taint_keys(&fake, "n1");
     assert_eq!(
         keys.len(),
         24,
@@ -218,7 +321,7 @@ async fn two_writers_racing_lose_no_taint() {
     for t in tasks {
         t.await.unwrap().unwrap();
     }
-    let keys = taint_keys(&fake, "n1");
+    let keys = fake_taint_keys(&fake, "n1");
     assert_eq!(
         keys,
         (0..12)
