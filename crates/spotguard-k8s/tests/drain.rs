@@ -1,17 +1,36 @@
 //! Drain through the Eviction API: PDBs respected (never violated, waited for, named when
 //! they block), DaemonSet/mirror/finished pods skipped, local-storage and unmanaged pods
 //! handled like `kubectl drain`, 5xx retried, grace period override.
+//!
+//! On the real control plane of spotguard-testkit-k8s: the eviction API answers from the
+//! PodDisruptionBudgets' status as the disruption controller computes it, ReplicaSets replace
+//! evicted pods, the scheduler places the replacements, and kwok (playing the kubelets of the
+//! tests' nodes) makes pods Ready and completes graceful deletions. Each test works in
+//! namespaces and on nodes of its own. What only the fake can show stays on the fake, at the
+//! end of the file.
 
 mod common;
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::{name_of, node_of, pod_is_ready, Recorder, WAIT};
+use futures::TryStreamExt as _;
+use k8s_openapi::api::apps::v1::{DaemonSet, ReplicaSet};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::watcher;
+use kube::Api;
 use serde_json::json;
 use spotguard_core::config::DrainOptions;
 use spotguard_core::ports::{Cluster, ClusterError, PodOutcome, SkipReason};
-use spotguard_k8s::testing::{
-    node, pdb_max_unavailable, pdb_min_available, FakeApiServer, FakeConfig, PodBuilder,
-};
+use spotguard_k8s::testing::{node, FakeApiServer, FakeConfig, PodBuilder};
+use spotguard_k8s::KubeCluster;
+use spotguard_testkit_k8s::eventually;
 
 fn options(timeout: Duration) -> DrainOptions {
     DrainOptions {
@@ -29,175 +48,478 @@ fn outcome<'a>(report: &'a spotguard_core::ports::DrainReport, pod: &str) -> &'a
         .outcome
 }
 
+/// A node to drain ("old") holding `web` pods of a ReplicaSet, a DaemonSet pod and a mirror
+/// pod, and a second node of the same pool for the replacements, created once the web pods
+/// run on the old one.
+struct Fixture {
+    ns: String,
+    old: String,
+    new: String,
+    pods: Api<Pod>,
+    cluster: KubeCluster,
+    recorder: Arc<Recorder>,
+}
+
+impl Fixture {
+    async fn start(prefix: &str, replicas: i32) -> Self {
+        let cp = common::control_plane();
+        let ns = cp.create_namespace(prefix).await;
+        let pool = ns.clone();
+        let old = common::create_node("old", Some(&pool)).await;
+        let pods: Api<Pod> = Api::namespaced(cp.admin_client(), &ns);
+
+        let _: DaemonSet = common::create(
+            &ns,
+            json!({
+                "apiVersion": "apps/v1",
+                "kind": "DaemonSet",
+                "metadata": {"name": "proxy"},
+                "spec": {
+                    "selector": {"matchLabels": {"app": "proxy"}},
+                    "template": {
+                        "metadata": {"labels": {"app": "proxy"}},
+                        "spec": {
+                            "nodeSelector": {"kubernetes.io/hostname": old},
+                            "containers": [{"name": "proxy", "image": "registry.invalid/proxy:1"}],
+                        },
+                    },
+                },
+            }),
+        )
+        .await;
+        Self::mirror_pod(&ns, &old).await;
+        if replicas > 0 {
+            let _: ReplicaSet =
+                common::create(&ns, common::replica_set("web", &pool, replicas)).await;
+            let web = common::wait_for_ready_pods(&pods, "web", replicas as usize).await;
+            assert!(web
+                .iter()
+                .all(|p| node_of(p).as_deref() == Some(old.as_str())));
+        }
+        common::wait_for_ready_pods(&pods, "proxy", 1).await;
+        let new = common::create_node("new", Some(&pool)).await;
+        let (cluster, recorder) = common::recording_cluster().await;
+        Self {
+            ns,
+            old,
+            new,
+            pods,
+            cluster,
+            recorder,
+        }
+    }
+
+    /// The mirror pod of a static pod on `node`, as the kubelet would create it: the mirror
+    /// annotation, owned by the Node.
+    async fn mirror_pod(ns: &str, node: &str) {
+        let uid = Api::<Node>::all(common::control_plane().admin_client())
+            .get(node)
+            .await
+            .expect("the node")
+            .metadata
+            .uid
+            .expect("a uid");
+        let _: Pod = common::create(
+            ns,
+            json!({
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": format!("etcd-{node}"),
+                    "annotations": {"kubernetes.io/config.mirror": "hash"},
+                    "ownerReferences": [{
+                        "apiVersion": "v1", "kind": "Node", "name": node, "uid": uid,
+                        "controller": true,
+                    }],
+                },
+                "spec": {
+                    "nodeName": node,
+                    "containers": [{"name": "etcd", "image": "registry.invalid/etcd:1"}],
+                },
+            }),
+        )
+        .await;
+    }
+
+    fn key(&self, pod: &str) -> String {
+        format!("{}/{pod}", self.ns)
+    }
+
+    /// The pods now bound to the old node: `name → uid`.
+    async fn on_old(&self) -> BTreeMap<String, String> {
+        let all: Api<Pod> = Api::all(common::control_plane().admin_client());
+        all.list(&ListParams::default().fields(&format!("spec.nodeName={}", self.old)))
+            .await
+            .expect("listing pods")
+            .items
+            .into_iter()
+            .map(|p| (name_of(&p), p.metadata.uid.clone().unwrap_or_default()))
+            .collect()
+    }
+
+    async fn web_names(&self) -> Vec<String> {
+        common::app_pods(&self.pods, "web")
+            .await
+            .iter()
+            .map(name_of)
+            .collect()
+    }
+
+    /// The eviction requests sent so far: `(pod, status)`.
+    fn evictions(&self) -> Vec<(String, u16)> {
+        let prefix = format!("/api/v1/namespaces/{}/pods/", self.ns);
+        self.recorder
+            .requests()
+            .into_iter()
+            .filter(|(m, p, _)| m == "POST" && p.ends_with("/eviction"))
+            .filter_map(|(_, p, c)| {
+                let pod = p.strip_prefix(&prefix)?.strip_suffix("/eviction")?;
+                Some((pod.to_string(), c))
+            })
+            .collect()
+    }
+}
+
+/// A PDB named `name` over app `app` with this spec (`minAvailable` / `maxUnavailable`), and
+/// a wait until the disruption controller has computed its status for `healthy` pods.
+async fn pdb(ns: &str, name: &str, app: &str, spec: serde_json::Value, healthy: i32) {
+    let mut spec = spec;
+    spec["selector"] = json!({"matchLabels": {"app": app}});
+    let _: PodDisruptionBudget = common::create(
+        ns,
+        json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": name}, "spec": spec}),
+    )
+    .await;
+    let budgets: Api<PodDisruptionBudget> =
+        Api::namespaced(common::control_plane().admin_client(), ns);
+    eventually(
+        WAIT,
+        "the disruption controller to observe the PDB",
+        || async {
+            let pdb = budgets.get(name).await.expect("reading the PDB");
+            let status = pdb.status?;
+            (status.observed_generation == pdb.metadata.generation
+                && status.current_healthy == Some(healthy))
+            .then_some(())
+        },
+    )
+    .await;
+}
+
+/// Watches the pods of an app and records, in the order the API server's watch reports
+/// changes: the fewest Ready pods at any moment, and how many were Ready just before each
+/// pod began terminating.
+struct ReadyWatch {
+    low_water: Arc<AtomicUsize>,
+    before_each_eviction: Arc<Mutex<Vec<usize>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ReadyWatch {
+    async fn start(pods: &Api<Pod>, app: &str) -> Self {
+        let low_water = Arc::new(AtomicUsize::new(usize::MAX));
+        let before_each_eviction = Arc::new(Mutex::new(Vec::new()));
+        let synced = Arc::new(tokio::sync::Notify::new());
+        let (low, before, ready_now) = (
+            low_water.clone(),
+            before_each_eviction.clone(),
+            synced.clone(),
+        );
+        let stream = watcher(
+            pods.clone(),
+            watcher::Config::default().labels(&format!("app={app}")),
+        );
+        let task = tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            let mut state: BTreeMap<String, Pod> = BTreeMap::new();
+            let mut init: BTreeMap<String, Pod> = BTreeMap::new();
+            let mut live = false;
+            let ready =
+                |state: &BTreeMap<String, Pod>| state.values().filter(|p| pod_is_ready(p)).count();
+            while let Ok(Some(event)) = stream.try_next().await {
+                match event {
+                    watcher::Event::Init => init.clear(),
+                    watcher::Event::InitApply(p) => {
+                        init.insert(name_of(&p), p);
+                    }
+                    watcher::Event::InitDone => {
+                        state = std::mem::take(&mut init);
+                        if !live {
+                            live = true;
+                            ready_now.notify_one();
+                        }
+                    }
+                    watcher::Event::Apply(p) => {
+                        let was_running = state
+                            .get(&name_of(&p))
+                            .is_some_and(|old| old.metadata.deletion_timestamp.is_none());
+                        if was_running && p.metadata.deletion_timestamp.is_some() {
+                            before.lock().unwrap().push(ready(&state));
+                        }
+                        state.insert(name_of(&p), p);
+                    }
+                    watcher::Event::Delete(p) => {
+                        if state
+                            .get(&name_of(&p))
+                            .is_some_and(|old| old.metadata.deletion_timestamp.is_none())
+                        {
+                            before.lock().unwrap().push(ready(&state));
+                        }
+                        state.remove(&name_of(&p));
+                    }
+                }
+                if live {
+                    low.fetch_min(ready(&state), Ordering::SeqCst);
+                }
+            }
+        });
+        tokio::time::timeout(WAIT, synced.notified())
+            .await
+            .expect("the watch lists the pods");
+        Self {
+            low_water,
+            before_each_eviction,
+            task,
+        }
+    }
+
+    fn stop(self) -> (usize, Vec<usize>) {
+        self.task.abort();
+        let before = self.before_each_eviction.lock().unwrap().clone();
+        (self.low_water.load(Ordering::SeqCst), before)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pdb_blocks_then_allows_and_is_never_violated() {
-    let fake = FakeApiServer::start_with(FakeConfig {
-        termination_delay: Duration::from_millis(100),
-        replacement_ready_delay: Duration::from_millis(400),
-        ..FakeConfig::default()
-    })
-    .await;
-    common::three_nodes_with_web(&fake, 3);
-    fake.create(pdb_min_available("shop", "web-pdb", "web", json!(2)));
-    let cluster = common::cluster(&fake).await;
-    fake.track_pdb_low_water();
-    cluster.set_unschedulable("old", true).await.unwrap();
+    let fx = Fixture::start("drain-pdb", 3).await;
+    pdb(&fx.ns, "web-pdb", "web", json!({"minAvailable": 2}), 3).await;
+    fx.cluster.set_unschedulable(&fx.old, true).await.unwrap();
+    let watch = ReadyWatch::start(&fx.pods, "web").await;
+    let before = fx.web_names().await;
 
-    let started = std::time::Instant::now();
-    let report = cluster
-        .drain("old", &options(Duration::from_secs(20)))
+    let report = fx
+        .cluster
+        .drain(&fx.old, &options(Duration::from_secs(180)))
         .await
         .unwrap();
-    let elapsed = started.elapsed();
 
     assert!(report.is_complete(), "{:?}", report.remaining());
     assert_eq!(report.evicted(), 3);
-    // Only one disruption at a time is allowed: each eviction after the first waited for a
-    // replacement to become Ready (400ms).
+    for pod in &before {
+        assert_eq!(outcome(&report, &fx.key(pod)), &PodOutcome::Evicted);
+    }
+    // The replacements run on the new node, Ready.
+    let moved = common::wait_for_ready_pods(&fx.pods, "web", 3).await;
     assert!(
-        elapsed >= Duration::from_millis(700),
-        "drain waited for the budget: {elapsed:?}"
+        moved
+            .iter()
+            .all(|p| node_of(p).as_deref() == Some(fx.new.as_str())),
+        "{:?}",
+        moved.iter().map(node_of).collect::<Vec<_>>()
     );
-    assert!(fake
-        .pods_on("old")
-        .iter()
-        .all(|p| p["metadata"]["ownerReferences"][0]["kind"] != "ReplicaSet"));
-    let moved = fake.list("", "pods", Some("shop"));
-    assert_eq!(moved.len(), 3);
-    assert!(moved.iter().all(|p| p["spec"]["nodeName"] != "old"));
+    let (low_water, before_each) = watch.stop();
     assert!(
-        fake.pdb_low_water("shop/web-pdb").unwrap() >= 2,
-        "at no time fewer healthy pods than minAvailable"
+        low_water >= 2,
+        "at no time fewer Ready pods than minAvailable: {low_water}"
     );
-    let rejected = fake
-        .requests()
+    // Only one disruption at a time is allowed: each eviction waited until the previous
+    // pod's replacement was Ready.
+    assert_eq!(before_each, [3, 3, 3], "Ready pods before each eviction");
+    let evictions = fx.evictions();
+    // Evictions the budget forbade were answered 429 and retried by the drain. (Whether any
+    // 429 shows depends on timing: the API server itself retries an eviction whose update of
+    // the PDB's status conflicted with a concurrent one, pausing 500 ms each time, and may
+    // then find the replacement Ready and answer 201. The Ready counts above are the proof.)
+    let accepted: Vec<&String> = evictions
         .iter()
-        .filter(|(m, p, c)| m == "POST" && p.contains("/eviction") && *c == 429)
-        .count();
+        .filter(|(_, c)| *c == 201)
+        .map(|(p, _)| p)
+        .collect();
+    assert_eq!(accepted.len(), 3, "{evictions:?}");
     assert!(
-        rejected > 0,
-        "the budget did refuse evictions while replacements started"
+        evictions.iter().all(|(_, c)| *c == 201 || *c == 429),
+        "{evictions:?}"
     );
 }
 
 #[tokio::test]
 async fn blocked_pods_are_reported_with_their_pdb_on_timeout() {
-    let fake = FakeApiServer::start().await;
-    common::three_nodes_with_web(&fake, 2);
-    fake.create(pdb_max_unavailable("shop", "web-pdb", "web", json!(0)));
-    let cluster = common::cluster(&fake).await;
-    let report = cluster
-        .drain("old", &options(Duration::from_millis(600)))
+    let fx = Fixture::start("drain-blocked", 2).await;
+    pdb(&fx.ns, "web-pdb", "web", json!({"maxUnavailable": 0}), 2).await;
+    let on_old = fx.on_old().await;
+    let report = fx
+        .cluster
+        .drain(&fx.old, &options(Duration::from_secs(3)))
         .await
         .unwrap();
     assert!(!report.is_complete());
-    for pod in ["shop/web-0", "shop/web-1"] {
+    let pdb = format!("{}/web-pdb", fx.ns);
+    for pod in fx.web_names().await {
         assert_eq!(
-            outcome(&report, pod),
+            outcome(&report, &fx.key(&pod)),
             &PodOutcome::Blocked {
-                pdb: Some("shop/web-pdb".into())
+                pdb: Some(pdb.clone())
             }
         );
     }
-    assert_eq!(fake.pods_on("old").len(), 4, "nothing was evicted");
-    assert!(report.remaining()[0].contains("blocked by PDB shop/web-pdb"));
+    assert_eq!(fx.on_old().await, on_old, "nothing was evicted");
+    assert!(
+        report.remaining()[0].contains(&format!("blocked by PDB {pdb}")),
+        "{:?}",
+        report.remaining()
+    );
+    let evictions = fx.evictions();
+    assert!(!evictions.is_empty());
+    assert!(evictions.iter().all(|(_, c)| *c == 429), "{evictions:?}");
+}
+
+/// A Job's pod on `node` that ran and finished in `phase` (`Succeeded` or `Failed`), as a
+/// kubelet reports it; kwok leaves finished pods alone.
+async fn finished_job_pod(ns: &str, job: &str, node: &str, phase: &str, empty_dir: bool) -> String {
+    let mut spec = json!({
+        "restartPolicy": "Never",
+        "nodeSelector": {"kubernetes.io/hostname": node},
+        "containers": [{"name": "job", "image": "registry.invalid/job:1"}],
+    });
+    if empty_dir {
+        spec["volumes"] = json!([{"name": "scratch", "emptyDir": {}}]);
+        spec["containers"][0]["volumeMounts"] =
+            json!([{"name": "scratch", "mountPath": "/scratch"}]);
+    }
+    let _: Job = common::create(
+        ns,
+        json!({
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": job},
+            "spec": {"backoffLimit": 0, "template": {"metadata": {"labels": {"app": job}}, "spec": spec}},
+        }),
+    )
+    .await;
+    let pods: Api<Pod> = Api::namespaced(common::control_plane().admin_client(), ns);
+    let pod = common::wait_for_ready_pods(&pods, job, 1).await.remove(0);
+    let name = name_of(&pod);
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let exit_code = if phase == "Succeeded" { 0 } else { 1 };
+    pods.patch_status(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {
+            "phase": phase,
+            "containerStatuses": [{
+                "name": "job", "image": "registry.invalid/job:1", "imageID": "",
+                "ready": false, "started": false, "restartCount": 0,
+                "state": {"terminated": {
+                    "exitCode": exit_code, "reason": if exit_code == 0 { "Completed" } else { "Error" },
+                    "startedAt": now, "finishedAt": now,
+                }},
+            }],
+        }})),
+    )
+    .await
+    .expect("finishing the Job's pod");
+    name
 }
 
 #[tokio::test]
 async fn daemonset_mirror_and_finished_pods_stay() {
-    let fake = FakeApiServer::start().await;
-    common::three_nodes_with_web(&fake, 1);
-    fake.create(
-        PodBuilder::new("jobs", "done", "old")
-            .owned_by("Job", "nightly")
-            .phase("Succeeded")
-            .build(),
-    );
-    fake.create(
-        PodBuilder::new("jobs", "failed", "old")
-            .owned_by("Job", "nightly")
-            .phase("Failed")
-            .empty_dir()
-            .build(),
-    );
-    let cluster = common::cluster(&fake).await;
-    let report = cluster
-        .drain("old", &options(Duration::from_secs(10)))
+    let fx = Fixture::start("drain-skip", 1).await;
+    let done = finished_job_pod(&fx.ns, "nightly-done", &fx.old, "Succeeded", false).await;
+    let failed = finished_job_pod(&fx.ns, "nightly-failed", &fx.old, "Failed", true).await;
+    fx.cluster.set_unschedulable(&fx.old, true).await.unwrap();
+    let web = fx.web_names().await.remove(0);
+    let proxy = name_of(&common::app_pods(&fx.pods, "proxy").await[0]);
+    let mirror = format!("etcd-{}", fx.old);
+    let before = fx.on_old().await;
+
+    let report = fx
+        .cluster
+        .drain(&fx.old, &options(Duration::from_secs(60)))
         .await
         .unwrap();
-    assert!(report.is_complete());
+    assert!(report.is_complete(), "{:?}", report.remaining());
     assert_eq!(
-        outcome(&report, "kube-system/proxy-old"),
+        outcome(&report, &fx.key(&proxy)),
         &PodOutcome::Skipped(SkipReason::DaemonSet)
     );
     assert_eq!(
-        outcome(&report, "kube-system/etcd-old"),
+        outcome(&report, &fx.key(&mirror)),
         &PodOutcome::Skipped(SkipReason::Mirror)
     );
     assert_eq!(
-        outcome(&report, "jobs/done"),
+        outcome(&report, &fx.key(&done)),
         &PodOutcome::Skipped(SkipReason::Terminal)
     );
     assert_eq!(
-        outcome(&report, "jobs/failed"),
+        outcome(&report, &fx.key(&failed)),
         &PodOutcome::Skipped(SkipReason::Terminal)
     );
-    assert_eq!(outcome(&report, "shop/web-0"), &PodOutcome::Evicted);
-    let left: Vec<String> = fake
-        .pods_on("old")
-        .iter()
-        .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(left.len(), 4, "{left:?}");
-    let evictions: Vec<String> = fake
-        .requests()
-        .into_iter()
-        .filter(|(m, p, _)| m == "POST" && p.contains("/eviction"))
-        .map(|(_, p, _)| p)
-        .collect();
-    assert_eq!(evictions, ["/api/v1/namespaces/shop/pods/web-0/eviction"]);
+    assert_eq!(outcome(&report, &fx.key(&web)), &PodOutcome::Evicted);
+    let mut expected = before.clone();
+    expected.remove(&web);
+    assert_eq!(
+        fx.on_old().await,
+        expected,
+        "the skipped pods stay, the same pods (UIDs)"
+    );
+    assert_eq!(fx.evictions(), [(web, 201)], "one eviction, of the web pod");
 }
 
 #[tokio::test]
 async fn local_storage_and_unmanaged_pods_refuse_the_whole_drain_unless_allowed() {
-    let fake = FakeApiServer::start().await;
-    common::three_nodes_with_web(&fake, 2);
-    fake.create(
-        PodBuilder::new("shop", "cache", "old")
-            .owned_by("ReplicaSet", "cache")
-            .label("app", "cache")
-            .empty_dir()
-            .build(),
-    );
-    fake.create(PodBuilder::new("misc", "loner", "old").build());
-    let cluster = common::cluster(&fake).await;
+    let fx = Fixture::start("drain-refuse", 2).await;
+    let cp = common::control_plane();
+    let pool = fx.ns.clone();
+    let mut cache = common::replica_set("cache", &pool, 1);
+    cache["spec"]["template"]["spec"]["nodeSelector"] = json!({"kubernetes.io/hostname": fx.old});
+    cache["spec"]["template"]["spec"]["volumes"] = json!([{"name": "data", "emptyDir": {}}]);
+    let _: ReplicaSet = common::create(&fx.ns, cache).await;
+    let cache = name_of(&common::wait_for_ready_pods(&fx.pods, "cache", 1).await[0]);
+    // (The cache's replacement, pinned to the old node, stays Pending once it is cordoned: the
+    // drain waits only for the evicted pod to go.)
+    let misc = cp.create_namespace("misc").await;
+    let loner: Pod = common::create(
+        &misc,
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "loner", "labels": {"app": "loner"}},
+            "spec": {"nodeName": fx.old, "containers": [{"name": "loner", "image": "registry.invalid/loner:1"}]},
+        }),
+    )
+    .await;
+    let misc_pods: Api<Pod> = Api::namespaced(cp.admin_client(), &misc);
+    common::wait_for_ready_pods(&misc_pods, "loner", 1).await;
+    let loner_key = format!("{misc}/{}", name_of(&loner));
+    fx.cluster.set_unschedulable(&fx.old, true).await.unwrap();
+    let web = fx.web_names().await;
+    let before = fx.on_old().await;
+    assert_eq!(before.len(), 6, "{before:?}");
 
     let strict = DrainOptions {
         delete_emptydir_data: false,
         force: false,
-        ..options(Duration::from_secs(10))
+        ..options(Duration::from_secs(60))
     };
-    let report = cluster.drain("old", &strict).await.unwrap();
+    let report = fx.cluster.drain(&fx.old, &strict).await.unwrap();
     assert!(!report.is_complete());
     assert!(
-        matches!(outcome(&report, "shop/cache"), PodOutcome::Failed { message } if message.contains("emptyDir"))
+        matches!(outcome(&report, &fx.key(&cache)), PodOutcome::Failed { message } if message.contains("emptyDir"))
     );
     assert!(
-        matches!(outcome(&report, "misc/loner"), PodOutcome::Failed { message } if message.contains("controller"))
+        matches!(outcome(&report, &loner_key), PodOutcome::Failed { message } if message.contains("controller"))
     );
     assert!(
-        matches!(outcome(&report, "shop/web-0"), PodOutcome::Failed { message } if message.contains("refused"))
+        matches!(outcome(&report, &fx.key(&web[0])), PodOutcome::Failed { message } if message.contains("refused"))
     );
-    assert_eq!(fake.pods_on("old").len(), 6, "nothing was evicted");
-    assert!(!fake
-        .requests()
-        .iter()
-        .any(|(_, p, _)| p.contains("/eviction")));
+    assert_eq!(fx.on_old().await, before, "nothing was evicted");
+    assert!(fx.evictions().is_empty());
 
     // emptyDir allowed but not force: still refused because of the unmanaged pod.
-    let report = cluster
+    let report = fx
+        .cluster
         .drain(
-            "old",
+            &fx.old,
             &DrainOptions {
                 delete_emptydir_data: true,
                 ..strict.clone()
@@ -206,16 +528,18 @@ async fn local_storage_and_unmanaged_pods_refuse_the_whole_drain_unless_allowed(
         .await
         .unwrap();
     assert!(
-        matches!(outcome(&report, "shop/cache"), PodOutcome::Failed { message } if message.contains("refused"))
+        matches!(outcome(&report, &fx.key(&cache)), PodOutcome::Failed { message } if message.contains("refused"))
     );
     assert!(
-        matches!(outcome(&report, "misc/loner"), PodOutcome::Failed { message } if message.contains("controller"))
+        matches!(outcome(&report, &loner_key), PodOutcome::Failed { message } if message.contains("controller"))
     );
-    assert_eq!(fake.pods_on("old").len(), 6);
+    assert_eq!(fx.on_old().await, before);
+    assert!(fx.evictions().is_empty());
 
-    let report = cluster
+    let report = fx
+        .cluster
         .drain(
-            "old",
+            &fx.old,
             &DrainOptions {
                 delete_emptydir_data: true,
                 force: true,
@@ -226,15 +550,125 @@ async fn local_storage_and_unmanaged_pods_refuse_the_whole_drain_unless_allowed(
         .unwrap();
     assert!(report.is_complete(), "{:?}", report.remaining());
     assert_eq!(report.evicted(), 4);
-    assert_eq!(
-        fake.pods_on("old").len(),
-        2,
-        "only the DaemonSet and mirror pods stay"
+    let left: Vec<String> = fx.on_old().await.into_keys().collect();
+    let mut stay = vec![
+        format!("etcd-{}", fx.old),
+        name_of(&common::app_pods(&fx.pods, "proxy").await[0]),
+    ];
+    stay.sort();
+    assert_eq!(left, stay, "only the DaemonSet and mirror pods stay");
+    assert!(
+        misc_pods.get_opt("loner").await.unwrap().is_none(),
+        "the unmanaged pod is gone for good"
     );
 }
 
+/// A pod of a ReplicaSet on the old node whose containers take `delay` to stop once deleted
+/// (kwok's delete delay), with a 90 s termination grace period.
+async fn slow_pod(fx: &Fixture, delay: &str) -> Pod {
+    let mut rs = common::replica_set("slow", &fx.ns, 1);
+    rs["spec"]["template"]["metadata"]["annotations"] =
+        json!({common::POD_DELETE_DELAY_ANNOTATION: delay});
+    rs["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = json!(90);
+    rs["spec"]["template"]["spec"]["nodeSelector"] = json!({"kubernetes.io/hostname": fx.old});
+    let _: ReplicaSet = common::create(&fx.ns, rs).await;
+    common::wait_for_ready_pods(&fx.pods, "slow", 1)
+        .await
+        .remove(0)
+}
+
 #[tokio::test]
-async fn server_errors_are_retried_and_grace_period_is_passed() {
+async fn the_grace_period_override_reaches_the_api_server() {
+    let fx = Fixture::start("drain-grace", 0).await;
+    let pod = slow_pod(&fx, "80s").await;
+    let name = name_of(&pod);
+    fx.cluster.set_unschedulable(&fx.old, true).await.unwrap();
+    // A 7 s override of the pod's 90 s: the pod is deleted with 7 s of grace (its containers
+    // would take 80 s: still terminating when this short drain ends).
+    let drain = DrainOptions {
+        grace_period: Some(Duration::from_secs(7)),
+        ..options(Duration::from_secs(2))
+    };
+    let report = fx.cluster.drain(&fx.old, &drain).await.unwrap();
+    assert!(
+        matches!(outcome(&report, &fx.key(&name)), PodOutcome::Failed { message } if message.contains("terminating")),
+        "{report:?}"
+    );
+    let pod = fx.pods.get(&name).await.expect("still terminating");
+    assert!(pod.metadata.deletion_timestamp.is_some());
+    assert_eq!(pod.metadata.deletion_grace_period_seconds, Some(7));
+    assert_eq!(fx.evictions(), [(name.clone(), 201)]);
+
+    // Zero grace: the API server deletes the pod at once, whatever its containers would take.
+    let second = slow_pod_after(&fx, &name).await;
+    let drain = DrainOptions {
+        grace_period: Some(Duration::ZERO),
+        ..options(Duration::from_secs(60))
+    };
+    let report = fx.cluster.drain(&fx.old, &drain).await.unwrap();
+    assert!(report.is_complete(), "{:?}", report.remaining());
+    assert_eq!(outcome(&report, &fx.key(&second)), &PodOutcome::Evicted);
+    assert!(fx.pods.get_opt(&second).await.unwrap().is_none());
+}
+
+/// Waits for the `slow` ReplicaSet's replacement of `replaced` (on the old node, uncordoned
+/// for it) and returns its name.
+async fn slow_pod_after(fx: &Fixture, replaced: &str) -> String {
+    fx.cluster.set_unschedulable(&fx.old, false).await.unwrap();
+    let pod = eventually(WAIT, "the slow pod's replacement, Ready", || async {
+        common::app_pods(&fx.pods, "slow")
+            .await
+            .into_iter()
+            .find(|p| name_of(p) != replaced && pod_is_ready(p))
+    })
+    .await;
+    fx.cluster.set_unschedulable(&fx.old, true).await.unwrap();
+    name_of(&pod)
+}
+
+#[tokio::test]
+async fn evicted_pods_still_terminating_at_timeout_are_reported() {
+    let fx = Fixture::start("drain-slow", 0).await;
+    let name = name_of(&slow_pod(&fx, "80s").await);
+    fx.cluster.set_unschedulable(&fx.old, true).await.unwrap();
+    let report = fx
+        .cluster
+        .drain(&fx.old, &options(Duration::from_secs(2)))
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome(&report, &fx.key(&name)), PodOutcome::Failed { message } if message.contains("terminating")),
+        "{report:?}"
+    );
+    let pod = fx.pods.get(&name).await.expect("still terminating");
+    assert!(pod.metadata.deletion_timestamp.is_some());
+    assert_eq!(pod.metadata.deletion_grace_period_seconds, Some(90));
+}
+
+#[tokio::test]
+async fn an_unknown_node_is_an_error() {
+    let cluster = common::real_cluster().await;
+    let ghost = common::unique_name("ghost");
+    assert_eq!(
+        cluster
+            .drain(&ghost, &options(Duration::from_secs(10)))
+            .await
+            .unwrap_err(),
+        ClusterError::UnknownNode { node: ghost }
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Still on the fake (`spotguard_k8s::testing::FakeApiServer`), until a fault proxy in front of
+// the real API server can do the same:
+// - retries of 5xx answers to evictions: the real API server cannot be made to answer an
+//   eviction 503 (the fake's `inject_failures`);
+// - the bound on evictions in flight at once: only the fake counts requests in flight, with
+//   an eviction latency it adds (`eviction_latency`, `max_evictions_in_flight`).
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn server_errors_are_retried_and_grace_period_is_passed_on_the_fake() {
     let fake = FakeApiServer::start_with(FakeConfig {
         termination_delay: Duration::from_secs(30),
         ..FakeConfig::default()
@@ -261,29 +695,8 @@ async fn server_errors_are_retried_and_grace_period_is_passed() {
     assert_eq!(codes, [503, 503, 201]);
 }
 
-#[tokio::test]
-async fn evicted_pods_still_terminating_at_timeout_are_reported() {
-    let fake = FakeApiServer::start_with(FakeConfig {
-        termination_delay: Duration::from_secs(30),
-        ..FakeConfig::default()
-    })
-    .await;
-    common::three_nodes_with_web(&fake, 1);
-    let cluster = common::cluster(&fake).await;
-    let report = cluster
-        .drain("old", &options(Duration::from_millis(500)))
-        .await
-        .unwrap();
-    assert!(
-        matches!(outcome(&report, "shop/web-0"), PodOutcome::Failed { message } if message.contains("terminating"))
-    );
-    let pod = fake.get("", "pods", Some("shop"), "web-0").unwrap();
-    assert!(!pod["metadata"]["deletionTimestamp"].is_null());
-    assert_eq!(pod["metadata"]["deletionGracePeriodSeconds"], json!(30));
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrency_bounds_evictions_in_flight_and_unknown_node_is_an_error() {
+async fn concurrency_bounds_evictions_in_flight_on_the_fake() {
     let fake = FakeApiServer::start_with(FakeConfig {
         eviction_latency: Duration::from_millis(50),
         ..FakeConfig::default()

@@ -318,14 +318,22 @@ pub fn recording_client(config: kube::Config) -> (kube::Client, Arc<Recorder>) {
     (client, recorder)
 }
 
-/// A cluster adapter on the real API server as the admin whose main client (node reads and
-/// writes, events, caches) records its requests; caches synced.
+/// A cluster adapter on the real API server as the admin whose clients (node reads and writes,
+/// events, caches, and evictions) record their requests in one recorder; caches synced.
 pub async fn recording_cluster() -> (KubeCluster, Arc<Recorder>) {
     let config = control_plane().admin_config();
-    let (client, recorder) = recording_client(config.clone());
+    let recorder = Arc::new(Recorder::default());
+    let build = |config: kube::Config| {
+        ClientBuilder::try_from(config)
+            .expect("a client builder")
+            .with_layer(&RecordingLayer(recorder.clone()))
+            .build()
+    };
+    let client = build(config.clone());
+    // Evictions without kube's retry layer, as `KubeCluster::from_config` builds them.
     let mut eviction_config = config;
     eviction_config.default_retry = false;
-    let evictions = kube::Client::try_from(eviction_config).expect("a client");
+    let evictions = build(eviction_config);
     let cluster = KubeCluster::with_clients(client, evictions, options());
     wait_ready(&cluster).await;
     (cluster, recorder)
