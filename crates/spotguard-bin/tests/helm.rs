@@ -6,6 +6,7 @@
 //! (`tests/data/values-switched-off.yaml`) and without controllers
 //! (`tests/data/values-agents-only.yaml`). Together the files change every value `values.yaml`
 //! documents.
+#![cfg(feature = "daemon")]
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -227,4 +228,142 @@ async fn every_rendered_manifest_is_accepted_by_the_api_server() {
             .count();
         assert_eq!(accepted, documents, "{values:?}:\n{applied}");
     }
+}
+
+/// The chart's RBAC, installed for real and used with its ServiceAccount's token: what Spot
+/// Guard does is allowed, and a request outside it — deleting a pod directly, patching a
+/// ConfigMap that is not the ledger, writing a Lease in another namespace, reading Secrets —
+/// is refused by the API server with 403.
+#[tokio::test]
+async fn the_charts_rbac_allows_spot_guards_calls_and_refuses_the_rest() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
+    use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+    use serde_json::json;
+    use spotguard_testkit_k8s::{unique_name, NodeBuilder};
+
+    let cp = ControlPlane::shared();
+    let namespace = cp.create_namespace("rbac").await;
+    let other = cp.create_namespace("rbac-other").await;
+    let release = unique_name("sg");
+    let mut template = cp.helm();
+    template
+        .args(["template", &release])
+        .arg(chart())
+        .args(["--namespace", &namespace])
+        .args(["--show-only", "templates/rbac.yaml"])
+        .args(["--show-only", "templates/serviceaccount.yaml"]);
+    let rbac = String::from_utf8(run(template, "helm template (RBAC)").stdout).unwrap();
+    apply(cp, &rbac, &[], "the chart's RBAC");
+
+    let mut create_token = cp.kubectl();
+    create_token.args(["create", "token", &release, "--namespace", &namespace]);
+    let token = String::from_utf8(run(create_token, "kubectl create token").stdout).unwrap();
+    let client = cp.client_for_token(token.trim());
+    let admin = cp.admin_client();
+
+    // Objects to act on.
+    let node = cp
+        .create_node(&NodeBuilder::new(&unique_name("rbac-node")))
+        .await;
+    let node_name = node.metadata.name.clone().unwrap();
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "app", "namespace": namespace},
+        "spec": {"nodeName": node_name, "containers": [{"name": "app", "image": "registry.invalid/app:1"}]},
+    }))
+    .unwrap();
+    Api::<Pod>::namespaced(admin.clone(), &namespace)
+        .create(&PostParams::default(), &pod)
+        .await
+        .unwrap();
+    let other_cm: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "unrelated"}})).unwrap();
+    Api::<ConfigMap>::namespaced(admin.clone(), &namespace)
+        .create(&PostParams::default(), &other_cm)
+        .await
+        .unwrap();
+
+    // Allowed: what the daemon does.
+    let nodes: Api<Node> = Api::all(client.clone());
+    nodes
+        .list(&ListParams::default().limit(1))
+        .await
+        .expect("list nodes");
+    let label = json!({"metadata": {"annotations": {"spotguard.dev/test": "true"}}});
+    nodes
+        .patch(&node_name, &PatchParams::default(), &Patch::Merge(&label))
+        .await
+        .expect("patch a node");
+    Api::<Pod>::all(client.clone())
+        .list(&ListParams::default().limit(1))
+        .await
+        .expect("list pods");
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+    let ledger: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "spotguard-ledger"}, "data": {}}))
+            .unwrap();
+    configmaps
+        .create(&PostParams::default(), &ledger)
+        .await
+        .expect("create the ledger");
+    configmaps
+        .patch(
+            "spotguard-ledger",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"data": {"ledger.json": "{}"}})),
+        )
+        .await
+        .expect("patch the ledger");
+    let lease = |ns: &str| -> Lease {
+        serde_json::from_value(json!({"metadata": {"name": "spotguard-scale-web-spot", "namespace": ns}, "spec": {"holderIdentity": "agent"}})).unwrap()
+    };
+    Api::<Lease>::namespaced(client.clone(), &namespace)
+        .create(&PostParams::default(), &lease(&namespace))
+        .await
+        .expect("create a scale-lock Lease");
+
+    // Refused with 403.
+    let forbidden = |what: &str, result: Result<(), kube::Error>| match result {
+        Err(kube::Error::Api(status)) if status.code == 403 => {}
+        other => panic!("{what}: expected 403, got {other:?}"),
+    };
+    forbidden(
+        "deleting a pod directly",
+        Api::<Pod>::namespaced(client.clone(), &namespace)
+            .delete("app", &DeleteParams::default())
+            .await
+            .map(|_| ()),
+    );
+    forbidden(
+        "patching a ConfigMap that is not the ledger",
+        configmaps
+            .patch(
+                "unrelated",
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"data": {"x": "y"}})),
+            )
+            .await
+            .map(|_| ()),
+    );
+    forbidden(
+        "writing a Lease in another namespace",
+        Api::<Lease>::namespaced(client.clone(), &other)
+            .create(&PostParams::default(), &lease(&other))
+            .await
+            .map(|_| ()),
+    );
+    forbidden(
+        "reading Secrets",
+        Api::<Secret>::namespaced(client.clone(), &namespace)
+            .list(&ListParams::default())
+            .await
+            .map(|_| ()),
+    );
+    forbidden(
+        "deleting a node",
+        nodes
+            .delete(&node_name, &DeleteParams::default())
+            .await
+            .map(|_| ()),
+    );
 }
