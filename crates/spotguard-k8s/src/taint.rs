@@ -3,7 +3,7 @@
 //!
 //! Every write reads the node, computes the new value from what it read, and sends a JSON
 //! patch whose first operation `test`s `/metadata/resourceVersion`. If anyone changed the
-//! node in between, the API server refuses the patch (422 for a failed `test`, 409 for a
+//! node in between, the API server refuses the patch (a bare 422 Invalid for a failed `test`, told from a real error by re-reading the node; 409 for a
 //! stale resourceVersion) and the write starts over from a fresh read, up to a bounded number
 //! of attempts ([`Error::Conflict`]). A write that would change nothing sends nothing.
 
@@ -15,7 +15,7 @@ use kube::Api;
 use serde_json::{json, Value};
 use spotguard_core::model::Taint;
 
-use crate::error::{object_name, Error};
+use crate::error::{is_status, object_name, Error};
 
 /// How node writes retry on conflicts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +43,14 @@ pub(crate) fn pointer_escape(key: &str) -> String {
 /// Whether the API server refused a write because the object changed under it.
 pub(crate) fn is_conflict(err: &kube::Error) -> bool {
     matches!(err, kube::Error::Api(s) if s.code == 409 || (s.code == 422 && s.message.contains("test")))
+}
+
+/// Whether the node's resourceVersion is no longer `version` (a read that fails says no).
+async fn moved(api: &Api<Node>, node: &str, version: &str) -> bool {
+    matches!(
+        api.get_opt(node).await,
+        Ok(Some(n)) if n.metadata.resource_version.as_deref() != Some(version)
+    )
 }
 
 /// Reads the node, lets `change` compute JSON patch operations from it (`None`: nothing to
@@ -89,7 +97,11 @@ where
             .await
         {
             Ok(_) => return Ok(true),
-            Err(e) if is_conflict(&e) => {
+            // kube-apiserver answers a failed `test` with a bare 422 Invalid that does not
+            // say which operation failed: it is a conflict when the node moved on meanwhile.
+            Err(e)
+                if is_conflict(&e) || (is_status(&e, 422) && moved(api, node, &version).await) =>
+            {
                 tracing::debug!(
                     node,
                     operation,
@@ -101,7 +113,7 @@ where
                     pause = (pause * 2).min(Duration::from_secs(1));
                 }
             }
-            Err(e) if crate::error::is_status(&e, 404) => {
+            Err(e) if is_status(&e, 404) => {
                 return Err(Error::NotFound { object });
             }
             Err(e) => return Err(Error::api(operation, &object, e)),
