@@ -94,6 +94,27 @@ async fn concurrent_agents_raise_the_group_once_each() {
     assert!(b.wait_exit(Duration::from_secs(30)).await.success());
 }
 
+/// One agent per at-risk instance (on its node, with its IMDS), after `others`; all ready.
+async fn spawn_agents(
+    world: &World,
+    at_risk: &[String],
+    imds: &[ImdsServer],
+    mut others: Vec<harness::Daemon>,
+) -> Vec<harness::Daemon> {
+    for (i, (instance, imds)) in at_risk.iter().zip(imds).enumerate() {
+        others.push(world.spawn(
+            &format!("agent-{i}"),
+            "agent",
+            Some(imds),
+            &["--node-name", &node_name(instance)],
+        ));
+    }
+    for daemon in &mut others {
+        daemon.wait_ready(Duration::from_secs(120)).await;
+    }
+    others
+}
+
 /// Ten agents on ten spot nodes, one notice each at the same moment; replacements come up at
 /// once (moto's default), so the raises of some agents overlap the paybacks (terminate with
 /// decrement) of others. Every change of desired capacity is taken under the group's Lease,
@@ -115,22 +136,7 @@ async fn a_wave_of_notices_leaves_the_group_where_it_started() {
         imds.push(ImdsServer::start(instance).await);
     }
     world.config("");
-    let mut agents: Vec<_> = at_risk
-        .iter()
-        .zip(&imds)
-        .enumerate()
-        .map(|(i, (instance, imds))| {
-            world.spawn(
-                &format!("agent-{i}"),
-                "agent",
-                Some(imds),
-                &["--node-name", &node_name(instance)],
-            )
-        })
-        .collect();
-    for agent in &mut agents {
-        agent.wait_ready(Duration::from_secs(120)).await;
-    }
+    let mut agents = spawn_agents(&world, &at_risk, &imds, Vec::new()).await;
 
     let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     for server in &imds {
@@ -203,18 +209,8 @@ async fn the_monitor_gives_a_fallback_back_while_agents_raise_the_same_group() {
         imds.push(ImdsServer::start(instance).await);
     }
     world.config("");
-    let mut daemons = vec![world.spawn("controller", "controller", None, &[])];
-    for (i, (instance, imds)) in at_risk.iter().zip(&imds).enumerate() {
-        daemons.push(world.spawn(
-            &format!("agent-{i}"),
-            "agent",
-            Some(imds),
-            &["--node-name", &node_name(instance)],
-        ));
-    }
-    for daemon in &mut daemons {
-        daemon.wait_ready(Duration::from_secs(120)).await;
-    }
+    let controller = world.spawn("controller", "controller", None, &[]);
+    let mut daemons = spawn_agents(&world, &at_risk, &imds, vec![controller]).await;
     // A first fallback, while spot launches fail.
     let first = reach_fallback(&world, &imds[0], &at_risk[0]).await;
     // The spot group is full, so the next notices fall back to on-demand at once.

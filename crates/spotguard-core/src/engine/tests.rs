@@ -1114,6 +1114,26 @@ fn skipped(w: &World) -> Vec<String> {
         .collect()
 }
 
+/// An interruption of `i-web-spot-0` (with a pod on its node) is handled by draining without
+/// asking for capacity.
+fn interrupt_and_drain_without_scaling(w: &World) {
+    w.cluster.add_pod("web-1", "node-i-web-spot-0", 100);
+    let out = block_on(
+        w.engine()
+            .handle_notice(&w.interruption("i-web-spot-0", 120)),
+    )
+    .unwrap();
+    assert!(matches!(
+        out,
+        RebalanceOutcome::Handled {
+            replacement: Replacement::Skipped { .. },
+            drain: Some(_),
+            ..
+        }
+    ));
+    assert!(drained(w, "node-i-web-spot-0"));
+}
+
 #[test]
 fn interruption_of_an_instance_in_no_configured_group_still_drains() {
     let w = World::new(1, 0);
@@ -1157,21 +1177,7 @@ fn interruption_on_a_capacity_rebalancing_group_drains_under_the_refuse_policy()
         .get_mut("web-spot")
         .unwrap()
         .capacity_rebalance = true;
-    w.cluster.add_pod("web-1", "node-i-web-spot-0", 100);
-    let out = block_on(
-        w.engine()
-            .handle_notice(&w.interruption("i-web-spot-0", 120)),
-    )
-    .unwrap();
-    assert!(matches!(
-        out,
-        RebalanceOutcome::Handled {
-            replacement: Replacement::Skipped { .. },
-            drain: Some(_),
-            ..
-        }
-    ));
-    assert!(drained(&w, "node-i-web-spot-0"));
+    interrupt_and_drain_without_scaling(&w);
     assert!(w.mutations().is_empty(), "{:?}", w.mutations());
     assert!(skipped(&w)[0].contains("Capacity Rebalancing"));
 }
@@ -1180,21 +1186,7 @@ fn interruption_on_a_capacity_rebalancing_group_drains_under_the_refuse_policy()
 fn interruption_drains_when_auto_scaling_cannot_be_reached() {
     let w = World::new(1, 0);
     fail_describes(&w, u32::MAX, "connection refused");
-    w.cluster.add_pod("web-1", "node-i-web-spot-0", 100);
-    let out = block_on(
-        w.engine()
-            .handle_notice(&w.interruption("i-web-spot-0", 120)),
-    )
-    .unwrap();
-    assert!(matches!(
-        out,
-        RebalanceOutcome::Handled {
-            replacement: Replacement::Skipped { .. },
-            drain: Some(_),
-            ..
-        }
-    ));
-    assert!(drained(&w, "node-i-web-spot-0"));
+    interrupt_and_drain_without_scaling(&w);
     assert!(skipped(&w)[0].contains("connection refused"));
 }
 
