@@ -38,10 +38,14 @@
 //! Clients are made per call ([`ControlPlane::admin_client`], [`ControlPlane::client_for_token`])
 //! because a [`kube::Client`] belongs to the tokio runtime it was made in, and each
 //! `#[tokio::test]` has its own.
+//!
+//! [`ApiFaultProxy`] puts a plain-HTTP proxy in front of the API server that injects API
+//! failures (error answers, delays) by rule.
 #![forbid(unsafe_code)]
 
 mod node;
 mod process;
+mod proxy;
 
 use std::fmt::Write as _;
 use std::fs;
@@ -61,6 +65,7 @@ use serde_json::json;
 
 pub use node::{node_is_ready, pod_is_ready, NodeBuilder, NODE_READY_TIMEOUT};
 use process::{Janitor, Supervised};
+pub use proxy::{ApiFault, ApiFaultProxy, ApiRule, StatusReply};
 
 /// Environment variable naming the folder of the control-plane binaries, instead of
 /// `target/control-plane/bin` of the workspace.
