@@ -658,42 +658,63 @@ async fn an_unknown_node_is_an_error() {
     );
 }
 
-// ---------------------------------------------------------------------------------------------
-// Still on the fake (`spotguard_k8s::testing::FakeApiServer`), until a fault proxy in front of
-// the real API server can do the same:
-// - retries of 5xx answers to evictions: the real API server cannot be made to answer an
-//   eviction 503 (the fake's `inject_failures`);
-// - the bound on evictions in flight at once: only the fake counts requests in flight, with
-//   an eviction latency it adds (`eviction_latency`, `max_evictions_in_flight`).
-// ---------------------------------------------------------------------------------------------
-
+/// Evictions answered 503 (through the fault proxy in front of the real API server) are
+/// retried, and the pod is evicted once the API server answers.
 #[tokio::test]
-async fn server_errors_are_retried_and_grace_period_is_passed_on_the_fake() {
-    let fake = FakeApiServer::start_with(FakeConfig {
-        termination_delay: Duration::from_secs(30),
-        ..FakeConfig::default()
+async fn server_errors_are_retried() {
+    let cp = common::control_plane();
+    let proxy = spotguard_testkit_k8s::ApiFaultProxy::start(cp).await;
+    let namespace = cp.create_namespace("drain-5xx").await;
+    let node = common::create_node("old", None).await;
+    let _: Pod = common::create(
+        &namespace,
+        json!({
+            "metadata": {"name": "app", "namespace": namespace},
+            "spec": {
+                "nodeName": node,
+                "containers": [{"name": "app", "image": "registry.invalid/app:1"}],
+            },
+        }),
+    )
+    .await;
+    let pods: Api<Pod> = Api::namespaced(cp.admin_client(), &namespace);
+    eventually(WAIT, "the pod Ready", || async {
+        pods.get("app").await.ok().filter(pod_is_ready)
     })
     .await;
-    common::three_nodes_with_web(&fake, 1);
-    fake.inject_failures("/pods/web-0/eviction", 503, 2);
-    let cluster = common::cluster(&fake).await;
+    proxy.inject(
+        "POST",
+        "/pods/app/eviction",
+        spotguard_testkit_k8s::StatusReply::service_unavailable(),
+        2,
+    );
+    let cluster =
+        KubeCluster::from_config(proxy.admin_config(), common::options()).expect("clients");
+    common::wait_ready(&cluster).await;
     let drain = DrainOptions {
-        // Zero grace: the fake removes the pod at once instead of after 30s.
+        // The pod has no controller: evicted only with force, as with kubectl drain.
+        force: true,
         grace_period: Some(Duration::ZERO),
-        ..options(Duration::from_secs(10))
+        ..options(WAIT)
     };
-    let started = std::time::Instant::now();
-    let report = cluster.drain("old", &drain).await.unwrap();
+    let report = cluster.drain(&node, &drain).await.unwrap();
     assert!(report.is_complete(), "{:?}", report.remaining());
-    assert!(started.elapsed() < Duration::from_secs(5));
-    let codes: Vec<u16> = fake
+    let codes: Vec<u16> = proxy
         .requests()
         .into_iter()
-        .filter(|(_, p, _)| p.contains("web-0/eviction"))
+        .filter(|(m, p, _)| m == "POST" && p.contains("/pods/app/eviction"))
         .map(|(_, _, c)| c)
         .collect();
-    assert_eq!(codes, [503, 503, 201]);
+    assert_eq!(codes, [503, 503, 201], "{:?}", proxy.requests());
+    assert_eq!(proxy.injected("POST", "/pods/app/eviction"), 2);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Still on the fake (`spotguard_k8s::testing::FakeApiServer`): the bound on evictions in
+// flight at once, which only the fake counts, with an eviction latency it adds
+// (`eviction_latency`, `max_evictions_in_flight`); the fault proxy does not count requests in
+// flight yet.
+// ---------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrency_bounds_evictions_in_flight_on_the_fake() {
