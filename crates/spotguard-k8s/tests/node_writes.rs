@@ -172,8 +172,9 @@ async fn taint_untaint_cordon_annotate_are_idempotent() {
 // "test", as the fake's answer does, so on the real API server the write fails at once with an
 // API error instead of being retried from a fresh read. The adapter now re-reads the node on a
 // 422 and retries when it moved (`two_writers_racing_lose_no_taint` proves it on the real API
-// server); the two tests below that need a writer at an exact point between read and patch
-// stay on the fake until they are ported with `common::Recorder::set_hook`.
+// server, as does `a_write_between_read_and_patch_is_retried_and_kept`, whose other writer
+// acts between the read and the patch through `common::Recorder::set_hook`); the endless
+// interference case below stays on the fake.
 // ---------------------------------------------------------------------------------------------
 
 /// The API server's answer to a JSON patch whose resourceVersion `test` is stale: the answer
@@ -220,50 +221,53 @@ async fn the_api_server_answers_a_stale_resource_version_test_with_a_bare_422() 
     assert_eq!(node.metadata.labels.unwrap()["other-writer"], "was-here");
 }
 
-fn fake_taint_keys(fake: &FakeApiServer, name: &str) -> Vec<String> {
-    let n = fake.get("", "nodes", None, name).unwrap();
-    let mut keys: Vec<String> = n["spec"]["taints"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|t| t["key"].as_str().unwrap().to_string())
-        .collect();
-    keys.sort();
-    keys
-}
-
-#[tokio::test]
-async fn a_write_between_read_and_patch_is_retried_and_kept_on_the_fake() {
-    let fake = FakeApiServer::start().await;
-    fake.create(node("n1", "i-1", "SPOT"));
-    let cluster = common::cluster(&fake).await;
-    // Another controller adds its taint right after each of our next two reads.
-    let counter = Arc::new(std::sync::atomic::AtomicU32::new(0));
-    let c = counter.clone();
-    fake.interfere_after_reads("", "nodes", None, "n1", 2, move |n| {
-        let i = c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let taints = n["spec"]["taints"].as_array().cloned().unwrap_or_default();
-        let mut taints = taints;
-        taints.push(json!({"key": format!("other-{i}"), "effect": "NoSchedule"}));
-        n["spec"]["taints"] = json!(taints);
-    });
+/// Another controller adds its taint right after each of the adapter's next two reads of
+/// the node (the answer to the read is held back while it writes): the stale patch is refused
+/// by the real API server, and the write that finally lands keeps both other taints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_between_read_and_patch_is_retried_and_kept() {
+    let name = plain_node("interfere").await;
+    let (cluster, recorder) = common::recording_cluster().await;
+    let path = node_path(&name);
+    let mut left = 2u32;
+    let (hook_name, hook_path) = (name.clone(), path.clone());
+    recorder.set_hook(Box::new(move |method, p, status| {
+        if method != "GET" || p != hook_path || status != 200 || left == 0 {
+            return None;
+        }
+        left -= 1;
+        let (name, i) = (hook_name.clone(), left);
+        Some(Box::pin(async move {
+            let node = get_node(&name).await;
+            let mut taints = node.spec.and_then(|s| s.taints).unwrap_or_default();
+            taints.push(k8s_openapi::api::core::v1::Taint {
+                key: format!("other-{i}"),
+                effect: "NoSchedule".into(),
+                ..Default::default()
+            });
+            nodes()
+                .patch(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"taints": taints}})),
+                )
+                .await
+                .expect("the other writer");
+        }))
+    }));
     cluster
-        .taint("n1", &taint("spotguard.dev/draining"))
+        .taint(&name, &taint("spotguard.dev/draining"))
         .await
         .unwrap();
     assert_eq!(
-        fake_taint_keys(&fake, "n1"),
+        taint_keys(&name).await,
         ["other-0", "other-1", "spotguard.dev/draining"]
     );
-    let refused = fake
-        .requests()
-        .iter()
-        .filter(|(m, _, code)| m == "PATCH" && *code == 422)
-        .count();
-    assert_eq!(
-        refused, 2,
-        "both stale patches were refused by the resourceVersion test"
-    );
+    // The first patch is stale and refused; the adapter re-reads (the second interference may
+    // land on the read that checks whether the node moved) and its last patch lands.
+    let patches = recorder.statuses("PATCH", &path);
+    assert_eq!(patches.first(), Some(&422), "{patches:?}");
+    assert_eq!(patches.last(), Some(&200), "{patches:?}");
 }
 
 #[tokio::test]
