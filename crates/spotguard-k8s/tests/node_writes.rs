@@ -1,6 +1,7 @@
 //! Taints, cordons and annotations: idempotent, and never losing another writer's change.
-//! Idempotence and the real API server's answer to a stale resourceVersion `test` on real kwok
-//! nodes of the test kit's control plane; conflict retries still on the fake (see below why).
+//! On real kwok nodes of the test kit's control plane: idempotence, the API server's answer to
+//! a stale resourceVersion `test`, a writer between read and patch, two writers racing; only
+//! endless interference stays on the fake (see below why).
 
 mod common;
 
