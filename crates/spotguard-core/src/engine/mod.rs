@@ -238,6 +238,25 @@ impl WaitEnd {
     }
 }
 
+/// The group of that name among described groups (Auto Scaling answers an unknown name with
+/// no group, not an error).
+fn named<'g>(groups: &'g [Group], name: &str) -> Result<&'g Group, Error> {
+    groups.iter().find(|g| g.name == name).ok_or_else(|| {
+        CloudError::UnknownGroup {
+            group: name.to_string(),
+        }
+        .into()
+    })
+}
+
+/// The earlier of two optional times.
+fn earlier(a: Option<SystemTime>, b: Option<SystemTime>) -> Option<SystemTime> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// Spot Guard's engine over its ports.
 ///
 /// ```
@@ -351,12 +370,7 @@ where
 
     async fn describe(&self, group: &str) -> Result<Group, Error> {
         let groups = self.cloud.describe_groups(&[group.to_string()]).await?;
-        groups.into_iter().find(|g| g.name == group).ok_or_else(|| {
-            CloudError::UnknownGroup {
-                group: group.to_string(),
-            }
-            .into()
-        })
+        named(&groups, group).cloned()
     }
 
     /// Runs `work` holding the group's scale lock; the lock is released whatever happens.
@@ -623,16 +637,16 @@ where
     /// When a wait for `at_risk`'s replacement must end: the notice's own cap, or the
     /// drain window before an interruption learned since, whichever is earlier.
     fn wait_cap(&self, at_risk: &str, latest: Option<SystemTime>) -> Option<SystemTime> {
-        let window = self.config.timings.interruption_drain_window;
-        let learned = self
-            .state()
-            .deadlines
-            .get(at_risk)
-            .map(|d| d.checked_sub(window).unwrap_or(*d));
-        match (latest, learned) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let learned = self.state().deadlines.get(at_risk).copied();
+        earlier(latest, learned.map(|d| self.drain_start(d)))
+    }
+
+    /// When the drain must start for an interruption at `deadline`: `interruption_drain_window`
+    /// before it.
+    fn drain_start(&self, deadline: SystemTime) -> SystemTime {
+        deadline
+            .checked_sub(self.config.timings.interruption_drain_window)
+            .unwrap_or(deadline)
     }
 
     // ----- phase 1 ------------------------------------------------------------------------
@@ -741,10 +755,7 @@ where
     /// The earliest interruption time known for the notice's instance.
     fn deadline(&self, notice: &Notice) -> Option<SystemTime> {
         let learned = self.state().deadlines.get(&notice.instance_id).copied();
-        match (notice.deadline(), learned) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        earlier(notice.deadline(), learned)
     }
 
     /// The spot group holding `instance`, its pair, and whether the policy lets Spot Guard
@@ -887,9 +898,7 @@ where
         let node = Self::node_of(&snapshot, instance)?;
         self.taint(&node).await?;
         let start = self.clock.now();
-        let latest = deadline
-            .checked_sub(self.config.timings.interruption_drain_window)
-            .unwrap_or(deadline);
+        let latest = self.drain_start(deadline);
         let scaling = async {
             let target = match self.scaling_target(instance).await {
                 Ok(target) => target,
@@ -1637,10 +1646,7 @@ where
             entry: entry.id.clone(),
             node: node.clone(),
         });
-        self.cluster
-            .taint(&node, &self.config.taint.taint())
-            .await?;
-        self.emit(Event::Tainted { node: node.clone() });
+        self.taint(&node).await?;
         self.cluster.set_unschedulable(&node, true).await?;
         self.emit(Event::Cordoned { node: node.clone() });
         *view = None;
@@ -1658,14 +1664,7 @@ where
             }
             let names = [od.name.clone(), entry.spot_group.clone()];
             let fresh = self.cloud.describe_groups(&names).await?;
-            let find = |name: &str| {
-                fresh.iter().find(|g| g.name == name).ok_or_else(|| {
-                    Error::from(CloudError::UnknownGroup {
-                        group: name.to_string(),
-                    })
-                })
-            };
-            let (g, spot) = (find(&od.name)?, find(spot_group)?);
+            let (g, spot) = (named(&fresh, &od.name)?, named(&fresh, spot_group)?);
             let verdict = health(spot, activities, self.clock.now(), &self.config);
             if !verdict.is_go() {
                 return Ok(Err(verdict));
@@ -1912,10 +1911,7 @@ where
             let snapshot = self.cluster.snapshot().await?;
             if let Some(node) = snapshot.node_for_instance(&entry.at_risk_instance) {
                 let node = node.name.clone();
-                self.cluster
-                    .taint(&node, &self.config.taint.taint())
-                    .await?;
-                self.emit(Event::Tainted { node: node.clone() });
+                self.taint(&node).await?;
                 if !self.drain(&node).await?.is_complete() {
                     return Ok(());
                 }
