@@ -94,6 +94,19 @@ async fn concurrent_agents_raise_the_group_once_each() {
     assert!(b.wait_exit(Duration::from_secs(30)).await.success());
 }
 
+/// A rebalance recommendation, noticed now, on every one of these IMDS endpoints.
+fn recommend_rebalance(servers: &[ImdsServer]) {
+    let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    for server in servers {
+        server.set_rebalance(&now);
+    }
+}
+
+/// How many ledger entries, open or released, are of this kind.
+fn entries_of(ledger: &spotguard_core::ledger::Ledger, kind: EntryKind) -> usize {
+    ledger.entries.iter().filter(|e| e.kind == kind).count()
+}
+
 /// One agent per at-risk instance (on its node, with its IMDS), after `others`; all ready.
 async fn spawn_agents(
     world: &World,
@@ -138,22 +151,14 @@ async fn a_wave_of_notices_leaves_the_group_where_it_started() {
     world.config("");
     let mut agents = spawn_agents(&world, &at_risk, &imds, Vec::new()).await;
 
-    let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-    for server in &imds {
-        server.set_rebalance(&now);
-    }
+    recommend_rebalance(&imds);
     world
         .eventually(
             "every pre-scale made and settled",
             Duration::from_secs(180),
             || {
                 let ledger = world.ledger();
-                let prescales = ledger
-                    .entries
-                    .iter()
-                    .filter(|e| e.kind == EntryKind::Prescale)
-                    .count();
-                prescales >= AGENTS && ledger.open().count() == 0
+                entries_of(&ledger, EntryKind::Prescale) >= AGENTS && ledger.open().count() == 0
             },
         )
         .await;
@@ -175,12 +180,11 @@ async fn a_wave_of_notices_leaves_the_group_where_it_started() {
         "every at-risk instance paid back"
     );
     let ledger = world.ledger();
-    let prescales = ledger
-        .entries
-        .iter()
-        .filter(|e| e.kind == EntryKind::Prescale)
-        .count();
-    assert_eq!(prescales, AGENTS, "one raise per notice: {ledger:#?}");
+    assert_eq!(
+        entries_of(&ledger, EntryKind::Prescale),
+        AGENTS,
+        "one raise per notice: {ledger:#?}"
+    );
     for agent in &mut agents {
         agent.terminate();
     }
@@ -227,22 +231,14 @@ async fn the_monitor_gives_a_fallback_back_while_agents_raise_the_same_group() {
     // Spot is healthy again: the monitor starts giving the first fallback back, and the
     // agents' notices arrive at the same moment.
     world.proxy.clear();
-    let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-    for server in &imds[1..] {
-        server.set_rebalance(&now);
-    }
+    recommend_rebalance(&imds[1..]);
     world
         .eventually(
             "six fallbacks made and every one given back",
             Duration::from_secs(240),
             || {
                 let ledger = world.ledger();
-                let fallbacks = ledger
-                    .entries
-                    .iter()
-                    .filter(|e| e.kind == EntryKind::Fallback)
-                    .count();
-                fallbacks == 6 && ledger.open().count() == 0
+                entries_of(&ledger, EntryKind::Fallback) == 6 && ledger.open().count() == 0
             },
         )
         .await;

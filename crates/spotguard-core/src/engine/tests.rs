@@ -92,6 +92,12 @@ impl World {
             .collect()
     }
 
+    /// Turns Capacity Rebalancing on for the spot group.
+    fn enable_capacity_rebalancing(&self) {
+        let mut st = self.cloud.st();
+        st.groups.get_mut("web-spot").unwrap().capacity_rebalance = true;
+    }
+
     /// Lets the kubelets register nodes for new instances and pass time.
     fn settle(&self, d: Duration) {
         self.clock.advance(d);
@@ -520,12 +526,7 @@ fn taint_comes_before_any_scaling() {
 #[test]
 fn capacity_rebalance_refused_or_drain_only() {
     let w = World::new(1, 0);
-    w.cloud
-        .st()
-        .groups
-        .get_mut("web-spot")
-        .unwrap()
-        .capacity_rebalance = true;
+    w.enable_capacity_rebalancing();
     let e = block_on(w.engine().handle_rebalance(&w.notice("i-web-spot-0"))).unwrap_err();
     assert!(e
         .to_string()
@@ -1171,12 +1172,7 @@ fn interruption_of_an_instance_in_no_configured_group_still_drains() {
 #[test]
 fn interruption_on_a_capacity_rebalancing_group_drains_under_the_refuse_policy() {
     let w = World::new(1, 0);
-    w.cloud
-        .st()
-        .groups
-        .get_mut("web-spot")
-        .unwrap()
-        .capacity_rebalance = true;
+    w.enable_capacity_rebalancing();
     interrupt_and_drain_without_scaling(&w);
     assert!(w.mutations().is_empty(), "{:?}", w.mutations());
     assert!(skipped(&w)[0].contains("Capacity Rebalancing"));
