@@ -335,17 +335,8 @@ fn run_with_stdin(mut cmd: std::process::Command, input: &str) -> std::process::
 #[tokio::test]
 async fn kubectl_and_helm_are_of_the_same_release_as_the_server() {
     let cp = ControlPlane::shared();
-    let out = cp
-        .kubectl()
-        .args(["version", "-o", "json"])
-        .output()
-        .expect("running kubectl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let version: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let out = succeed(cp.kubectl().args(["version", "-o", "json"]));
+    let version: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(
         version["clientVersion"]["gitVersion"], "v1.37.2",
         "{version}"
@@ -356,31 +347,22 @@ async fn kubectl_and_helm_are_of_the_same_release_as_the_server() {
     );
     assert_eq!(version["serverVersion"]["minor"], "37", "{version}");
 
-    let out = cp
-        .helm()
-        .args(["version", "--short"])
+    let out = succeed(cp.helm().args(["version", "--short"]));
+    assert!(out.starts_with("v3."), "{out}");
+    succeed(cp.helm().args(["list", "-A"]));
+}
+
+/// Runs the command, which must succeed; its standard output.
+fn succeed(command: &mut std::process::Command) -> String {
+    let out = command
         .output()
-        .expect("running helm");
+        .unwrap_or_else(|e| panic!("running {command:?}: {e}"));
     assert!(
         out.status.success(),
-        "{}",
+        "{command:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        String::from_utf8_lossy(&out.stdout).starts_with("v3."),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let out = cp
-        .helm()
-        .args(["list", "-A"])
-        .output()
-        .expect("running helm");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
