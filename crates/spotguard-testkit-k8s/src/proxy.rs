@@ -5,7 +5,8 @@
 //! over HTTPS, trusting the control plane's CA, and streams the answer back as it arrives, so
 //! watches (long-lived chunked answers) pass through. Rules set while it runs answer matching
 //! requests with a Kubernetes `Status` error instead of forwarding them, or hold them for a
-//! while first.
+//! while first. Its log of answered requests also tells how many of a kind were in flight at
+//! once ([`ApiFaultProxy::max_in_flight`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -203,6 +204,16 @@ struct Answered {
     path: String,
     status: u16,
     injected: bool,
+    /// The proxy's event count when the request arrived, and when it was answered: two
+    /// requests were in flight together when their spans overlap.
+    span: (u64, u64),
+}
+
+impl Answered {
+    fn matches(&self, method: &str, path_contains: &str) -> bool {
+        (method.is_empty() || self.method.eq_ignore_ascii_case(method))
+            && self.path.contains(path_contains)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -211,10 +222,17 @@ struct State {
     log: Vec<Answered>,
     received: u64,
     forwarded: u64,
+    /// Counts arrivals and answers, in the order they happen.
+    events: u64,
 }
 
 impl State {
     /// Uses the first matching delay rule (when `delays`) or reply rule.
+    fn tick(&mut self) -> u64 {
+        self.events += 1;
+        self.events
+    }
+
     fn take(&mut self, method: &str, path: &str, delays: bool) -> Option<ApiFault> {
         let rule = self
             .rules
@@ -357,12 +375,31 @@ impl ApiFaultProxy {
         self.state()
             .log
             .iter()
-            .filter(|a| {
-                a.injected
-                    && (method.is_empty() || a.method.eq_ignore_ascii_case(method))
-                    && a.path.contains(path_contains)
-            })
+            .filter(|a| a.injected && a.matches(method, path_contains))
             .count()
+    }
+
+    /// The most answered requests of `method` (any when empty) whose path and query contain
+    /// `path_contains` that were in flight at once: received by the proxy and not yet
+    /// answered (held by a delay rule included). Counted from the order of arrivals and
+    /// answers, so it does not depend on how long anything took.
+    pub fn max_in_flight(&self, method: &str, path_contains: &str) -> usize {
+        // Arrivals (+1) and answers (-1) in the order they happened.
+        let mut changes: Vec<(u64, i64)> = self
+            .state()
+            .log
+            .iter()
+            .filter(|a| a.matches(method, path_contains))
+            .flat_map(|a| [(a.span.0, 1), (a.span.1, -1)])
+            .collect();
+        changes.sort_unstable();
+        let mut now = 0i64;
+        let mut most = 0i64;
+        for (_, change) in changes {
+            now += change;
+            most = most.max(now);
+        }
+        usize::try_from(most).unwrap_or(0)
     }
 
     /// How many requests the proxy has received.
@@ -427,10 +464,10 @@ async fn handle(
         || request.uri().path().to_string(),
         |p| p.as_str().to_string(),
     );
-    let delay = {
+    let (arrived, delay) = {
         let mut state = lock(&state);
         state.received += 1;
-        state.take(&method, &path, true)
+        (state.tick(), state.take(&method, &path, true))
     };
     if let Some(ApiFault::Delay(delay)) = delay {
         tokio::time::sleep(delay).await;
@@ -443,12 +480,16 @@ async fn handle(
             false,
         ),
     };
-    lock(&state).log.push(Answered {
+    let mut state = lock(&state);
+    let answered = state.tick();
+    state.log.push(Answered {
         method,
         path,
         status: response.status().as_u16(),
         injected,
+        span: (arrived, answered),
     });
+    drop(state);
     response
 }
 

@@ -236,3 +236,34 @@ async fn delay_rule_holds_matching_requests() {
     assert_eq!(statuses, [200, 500, 200, 200, 200]);
     assert_eq!(proxy.injected("GET", "/configmaps"), 1);
 }
+
+#[tokio::test]
+async fn max_in_flight_counts_the_matching_requests_held_at_once() {
+    let cp = ControlPlane::shared();
+    let ns = cp.create_namespace("proxy-in-flight").await;
+    let proxy = ApiFaultProxy::start(cp).await;
+    let maps: Api<ConfigMap> = Api::namespaced(client(&proxy), &ns);
+    assert_eq!(proxy.max_in_flight("GET", "/configmaps"), 0, "nothing yet");
+
+    // One after the other: never more than one at a time.
+    for _ in 0..3 {
+        maps.list(&ListParams::default()).await.expect("a list");
+    }
+    assert_eq!(proxy.max_in_flight("GET", "/configmaps"), 1);
+
+    // Three at once, each held long enough for all three to arrive before any is answered.
+    proxy.delay("GET", "/configmaps", Duration::from_secs(3), 3);
+    let params = ListParams::default();
+    let lists = (0..3).map(|_| maps.list(&params));
+    for list in futures::future::join_all(lists).await {
+        list.expect("a held list");
+    }
+    assert_eq!(proxy.max_in_flight("GET", "/configmaps"), 3);
+    assert_eq!(proxy.max_in_flight("", "/configmaps"), 3, "any method");
+    assert_eq!(
+        proxy.max_in_flight("POST", "/configmaps"),
+        0,
+        "another method"
+    );
+    assert_eq!(proxy.max_in_flight("GET", "/secrets"), 0, "another path");
+}
