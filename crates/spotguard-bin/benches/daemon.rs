@@ -1,5 +1,7 @@
 //! The real `spotguard` binary, built in the bench profile, against moto (behind the fault
-//! proxy), the local IMDS server and the Kubernetes API server fake of the end-to-end tests.
+//! proxy), the local IMDS server and the real Kubernetes control plane of the end-to-end
+//! tests (kube-apiserver v1.37.2 and its controllers, kwok nodes), each process as its role's
+//! ServiceAccount with the chart's RBAC.
 //!
 //! - Reaction latency: an agent with the default `imds_poll` of 2s; a rebalance notice is put
 //!   at its IMDS endpoint at a random moment, and the time until the `SetDesiredCapacity` of
@@ -8,8 +10,9 @@
 //!   finish before the next. `SPOTGUARD_BENCH_NOTICES` sets the number of notices (50).
 //! - Footprint: idle RSS (VmRSS), peak RSS (VmHWM) and CPU (utime + stime over 30s,
 //!   `SPOTGUARD_BENCH_IDLE_SECS`) of `spotguard run --role agent` and `--role controller` with
-//!   the production timings, while the API server holds 1,000 nodes and 10,000 pods; and of an
-//!   agent before those are added (the test groups' few nodes): the process's baseline.
+//!   the production timings, while the cluster holds 1,000 kwok nodes and 30,000 pods
+//!   (`SPOTGUARD_BENCH_FOOTPRINT_NODES`, 30 pods each); and of an agent before those are added
+//!   (the test groups' few nodes): the process's baseline.
 //!
 //! Prints markdown tables.
 #![cfg(feature = "daemon")]
@@ -21,7 +24,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use harness::{World, ON_DEMAND, SPOT};
 use spotguard_aws::testing::{GroupSpec, ImdsServer};
-use spotguard_k8s::testing::{node, PodBuilder};
 
 const POLL: Duration = Duration::from_secs(2);
 
@@ -220,26 +222,41 @@ async fn main() {
 
     let latencies = reaction_latency(&world, notices).await;
     production_timings(&world, true);
-    let nodes_before = world.fake.list("", "nodes", None).len();
-    let pods_before = world.fake.list("", "pods", None).len();
+    let admin = world.admin();
+    let count = |what: &'static str| {
+        let admin = admin.clone();
+        async move {
+            let params = kube::api::ListParams::default();
+            match what {
+                "nodes" => kube::Api::<k8s_openapi::api::core::v1::Node>::all(admin)
+                    .list_metadata(&params)
+                    .await
+                    .map(|l| l.items.len()),
+                _ => kube::Api::<k8s_openapi::api::core::v1::Pod>::all(admin)
+                    .list_metadata(&params)
+                    .await
+                    .map(|l| l.items.len()),
+            }
+            .expect("counting objects")
+        }
+    };
+    let nodes_before = count("nodes").await;
+    let pods_before = count("pods").await;
     let baseline = footprint(&world, "agent", idle).await;
 
-    // A 1,000-node cluster with 10,000 pods for the caches.
-    for i in 0..1_000 {
-        let name = format!("bench-node-{i}");
-        world
-            .fake
-            .create(node(&name, &format!("i-bench{i:08x}"), "SPOT"));
-        for p in 0..10 {
-            world.fake.create(
-                PodBuilder::new("shop", &format!("app-{i}-{p}"), &name)
-                    .owned_by("ReplicaSet", &format!("app-{}", i % 100))
-                    .label("app", &format!("app-{}", i % 100))
-                    .requests("100m", "128Mi")
-                    .build(),
-            );
-        }
-    }
+    // A 1,000-node cluster with 30,000 pods for the caches.
+    let nodes = env_usize("SPOTGUARD_BENCH_FOOTPRINT_NODES", 1_000);
+    let populated = world
+        .cp
+        .populate(&world.namespace, "bench-node", nodes, 30, 200)
+        .await;
+    eprintln!(
+        "cluster populated: {} nodes, {} pods created in {:.0} s, all Running {:.0} s later",
+        populated.nodes.len(),
+        populated.pods,
+        populated.created_in.as_secs_f64(),
+        populated.running_in.as_secs_f64()
+    );
     let agent = footprint(&world, "agent", idle).await;
     let controller = footprint(&world, "controller", idle).await;
 
@@ -266,7 +283,11 @@ async fn main() {
     );
     println!("|---|---|---:|---:|---:|---:|---|");
     let small = format!("{nodes_before} nodes, {pods_before} pods (baseline)");
-    let large = "1,000 nodes, 10,000 pods".to_string();
+    let large = format!(
+        "{} nodes, {} pods",
+        count("nodes").await,
+        count("pods").await
+    );
     for (f, cluster, target_mib) in [
         (baseline, small, 16.0),
         (agent, large.clone(), 16.0),

@@ -8,7 +8,7 @@ mod harness;
 
 use std::time::{Duration, SystemTime};
 
-use harness::{node_name, reach_fallback, World, NAMESPACE, ON_DEMAND, SPOT};
+use harness::{eventually, node_name, reach_fallback, World, ON_DEMAND, SPOT};
 use spotguard_aws::testing::{GroupSpec, ImdsServer};
 use spotguard_core::ledger::{EntryKind, EntryState};
 
@@ -22,7 +22,7 @@ async fn concurrent_agents_raise_the_group_once_each() {
     let before = world.instances(SPOT).await;
     let at_risk: Vec<String> = before.iter().take(2).cloned().collect();
     for instance in &at_risk {
-        world.add_pods("web", &node_name(instance), 2);
+        world.add_pods("web", &node_name(instance), 2).await;
     }
     let imds_a = ImdsServer::start(&at_risk[0]).await;
     let imds_b = ImdsServer::start(&at_risk[1]).await;
@@ -44,17 +44,20 @@ async fn concurrent_agents_raise_the_group_once_each() {
             |g| at_risk.iter().all(|i| !g.holds(i)),
         )
         .await;
-    world
-        .eventually("both pre-scales released", Duration::from_secs(30), || {
-            let ledger = world.ledger();
+    eventually(
+        "both pre-scales released",
+        Duration::from_secs(30),
+        || async {
+            let ledger = world.ledger().await;
             ledger
                 .entries
                 .iter()
                 .filter(|e| e.kind == EntryKind::Prescale && e.state == EntryState::Released)
                 .count()
                 == 2
-        })
-        .await;
+        },
+    )
+    .await;
     let after = world.group(SPOT).await.desired.max(after.desired);
     assert_eq!(
         after, 4,
@@ -67,7 +70,7 @@ async fn concurrent_agents_raise_the_group_once_each() {
         .filter(|i| !before.contains(i))
         .collect();
     assert_eq!(new.len(), 2, "two replacements were launched: {new:?}");
-    let ledger = world.ledger();
+    let ledger = world.ledger().await;
     let mut raised_from: Vec<u32> = ledger
         .entries
         .iter()
@@ -76,17 +79,10 @@ async fn concurrent_agents_raise_the_group_once_each() {
         .collect();
     raised_from.sort();
     assert_eq!(raised_from, [4, 5], "one raise after the other: {ledger:?}");
-    assert!(world
-        .fake
-        .get(
-            "coordination.k8s.io",
-            "leases",
-            Some(NAMESPACE),
-            "spotguard-scale-web-spot"
-        )
-        .is_some());
+    assert!(world.lease("spotguard-scale-web-spot").await.is_some());
     for instance in &at_risk {
-        assert!(world.fake.pods_on(&node_name(instance)).is_empty());
+        // Drained, and then the node deleted with its instance.
+        assert!(world.pods_on(&node_name(instance)).await.is_empty());
     }
     a.terminate();
     b.terminate();
@@ -145,23 +141,22 @@ async fn a_wave_of_notices_leaves_the_group_where_it_started() {
     let at_risk: Vec<String> = before.iter().take(AGENTS).cloned().collect();
     let mut imds = Vec::new();
     for instance in &at_risk {
-        world.add_pods("web", &node_name(instance), 1);
+        world.add_pods("web", &node_name(instance), 1).await;
         imds.push(ImdsServer::start(instance).await);
     }
     world.config("");
     let mut agents = spawn_agents(&world, &at_risk, &imds, Vec::new()).await;
 
     recommend_rebalance(&imds);
-    world
-        .eventually(
-            "every pre-scale made and settled",
-            Duration::from_secs(180),
-            || {
-                let ledger = world.ledger();
-                entries_of(&ledger, EntryKind::Prescale) >= AGENTS && ledger.open().count() == 0
-            },
-        )
-        .await;
+    eventually(
+        "every pre-scale made and settled",
+        Duration::from_secs(180),
+        || async {
+            let ledger = world.ledger().await;
+            entries_of(&ledger, EntryKind::Prescale) >= AGENTS && ledger.open().count() == 0
+        },
+    )
+    .await;
     let group = world.group(SPOT).await;
     let new: Vec<String> = group
         .instance_ids()
@@ -172,14 +167,14 @@ async fn a_wave_of_notices_leaves_the_group_where_it_started() {
         group.desired,
         START,
         "the group is back where it started: {:#?}",
-        world.ledger()
+        world.ledger().await
     );
     assert_eq!(new.len(), AGENTS, "one replacement per notice: {new:?}");
     assert!(
         at_risk.iter().all(|i| !group.holds(i)),
         "every at-risk instance paid back"
     );
-    let ledger = world.ledger();
+    let ledger = world.ledger().await;
     assert_eq!(
         entries_of(&ledger, EntryKind::Prescale),
         AGENTS,
@@ -209,7 +204,7 @@ async fn the_monitor_gives_a_fallback_back_while_agents_raise_the_same_group() {
     let at_risk: Vec<String> = world.instances(SPOT).await.into_iter().take(6).collect();
     let mut imds = Vec::new();
     for instance in &at_risk {
-        world.add_pods("web", &node_name(instance), 1);
+        world.add_pods("web", &node_name(instance), 1).await;
         imds.push(ImdsServer::start(instance).await);
     }
     world.config("");
@@ -232,17 +227,16 @@ async fn the_monitor_gives_a_fallback_back_while_agents_raise_the_same_group() {
     // agents' notices arrive at the same moment.
     world.proxy.clear();
     recommend_rebalance(&imds[1..]);
-    world
-        .eventually(
-            "six fallbacks made and every one given back",
-            Duration::from_secs(240),
-            || {
-                let ledger = world.ledger();
-                entries_of(&ledger, EntryKind::Fallback) == 6 && ledger.open().count() == 0
-            },
-        )
-        .await;
-    let ledger = world.ledger();
+    eventually(
+        "six fallbacks made and every one given back",
+        Duration::from_secs(240),
+        || async {
+            let ledger = world.ledger().await;
+            entries_of(&ledger, EntryKind::Fallback) == 6 && ledger.open().count() == 0
+        },
+    )
+    .await;
+    let ledger = world.ledger().await;
     assert_eq!(
         ledger.get(&first.entry).map(|e| e.state),
         Some(EntryState::Released)

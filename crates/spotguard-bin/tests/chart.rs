@@ -1,13 +1,14 @@
-//! The Helm chart (`deploy/helm/spotguard`), rendered as `helm template` does: every document
-//! is the Kubernetes object its `kind` says (parsed as that k8s-openapi type, with no field
-//! lost on the way back), the RBAC rules are exactly the verbs Spot Guard uses, the
+//! The Helm chart (`deploy/helm/spotguard`), rendered by the real `helm template`: every
+//! document is the Kubernetes object its `kind` says (parsed as that k8s-openapi type, with no field
+//! lost on the way back), the RBAC rules are exactly the verbs Spot Guard uses (the agents'
+//! without the PodDisruptionBudgets only the controller reads), the
 //! configuration it mounts passes `spotguard check-config`, and the values do what they say.
 
 mod harness;
 
 use std::collections::BTreeSet;
 
-use harness::chart::{by_kind, grants, render, Grant, Manifest};
+use harness::chart::{by_kind, grants, grants_of, render, Grant, Manifest};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -181,6 +182,8 @@ fn default_values_render_valid_objects_with_least_privilege() {
         kinds(&manifests),
         [
             "ClusterRole",
+            "ClusterRole",
+            "ClusterRoleBinding",
             "ClusterRoleBinding",
             "ConfigMap",
             "DaemonSet",
@@ -191,17 +194,31 @@ fn default_values_render_valid_objects_with_least_privilege() {
             "RoleBinding",
             "RoleBinding",
             "Service",
+            "ServiceAccount",
             "ServiceAccount"
         ]
     );
-    assert_eq!(grants(&manifests), expected_rbac("spotguard-system"));
-    // Every binding binds the chart's ServiceAccount to a role of the chart.
-    let sa = one(&manifests, "ServiceAccount");
-    assert_eq!(sa.name(), "spotguard");
+    let expected = expected_rbac("spotguard-system");
+    assert_eq!(grants(&manifests), expected);
+    assert_eq!(grants_of(&manifests, "spotguard-controller"), expected);
+    let agent_grants: BTreeSet<Grant> = expected
+        .iter()
+        .filter(|g| g.group != "policy")
+        .cloned()
+        .collect();
+    assert_eq!(grants_of(&manifests, "spotguard-agent"), agent_grants);
+    // Every binding binds the chart's ServiceAccounts to a role of the chart.
+    let accounts: Vec<&str> = manifests
+        .iter()
+        .filter(|m| m.kind() == "ServiceAccount")
+        .map(Manifest::name)
+        .collect();
+    assert_eq!(accounts, ["spotguard-agent", "spotguard-controller"]);
     for binding in manifests.iter().filter(|m| m.kind().ends_with("Binding")) {
-        let subject = &binding.object["subjects"][0];
-        assert_eq!(subject["name"], "spotguard");
-        assert_eq!(subject["namespace"], "spotguard-system");
+        for subject in binding.object["subjects"].as_array().unwrap() {
+            assert!(accounts.iter().any(|a| subject["name"] == *a), "{subject}");
+            assert_eq!(subject["namespace"], "spotguard-system");
+        }
         let role = binding.object["roleRef"]["name"].as_str().unwrap();
         let kind = binding.object["roleRef"]["kind"].as_str().unwrap();
         assert!(
@@ -218,7 +235,7 @@ fn default_values_render_valid_objects_with_least_privilege() {
     let pod = agent.spec.template.spec.as_ref().unwrap();
     assert_eq!(pod.host_network, Some(true));
     assert_eq!(pod.dns_policy.as_deref(), Some("ClusterFirstWithHostNet"));
-    assert_eq!(pod.service_account_name.as_deref(), Some("spotguard"));
+    assert_eq!(pod.service_account_name.as_deref(), Some("spotguard-agent"));
     assert_eq!(
         pod.node_selector.as_ref().unwrap()["eks.amazonaws.com/capacityType"],
         "SPOT"
@@ -343,7 +360,8 @@ fn values_switch_features_on_and_off() {
         &json!({
             "serviceMonitor": {"enabled": true, "labels": {"release": "prom"}},
             "serviceAccount": {
-                "name": "sg-robot",
+                "agentName": "sg-robot",
+                "controllerName": "sg-pilot",
                 "annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/spotguard"}
             },
             "aws": {"region": "eu-west-1"},
@@ -365,12 +383,14 @@ fn values_switch_features_on_and_off() {
         by["ServiceMonitor"][0].object["metadata"]["labels"]["release"],
         "prom"
     );
-    let sa: ServiceAccount = typed(one(&manifests, "ServiceAccount"));
-    assert_eq!(sa.metadata.name.as_deref(), Some("sg-robot"));
-    assert_eq!(
-        sa.metadata.annotations.unwrap()["eks.amazonaws.com/role-arn"],
-        "arn:aws:iam::123456789012:role/spotguard"
-    );
+    for (account, name) in by["ServiceAccount"].iter().zip(["sg-robot", "sg-pilot"]) {
+        let sa: ServiceAccount = typed(account);
+        assert_eq!(sa.metadata.name.as_deref(), Some(name));
+        assert_eq!(
+            sa.metadata.annotations.unwrap()["eks.amazonaws.com/role-arn"],
+            "arn:aws:iam::123456789012:role/spotguard"
+        );
+    }
     let cm: ConfigMap = typed(one(&manifests, "ConfigMap"));
     let config = cm.data.unwrap()["config.toml"].clone();
     assert!(config.contains("aws_region = \"eu-west-1\""), "{config}");
@@ -402,7 +422,12 @@ fn values_switch_features_on_and_off() {
 
     let only_controller = render(&json!({"agent": {"enabled": false}}), "sg", "ops");
     check_types(&only_controller);
-    assert!(!by_kind(&only_controller).contains_key("DaemonSet"));
+    let by = by_kind(&only_controller);
+    assert!(!by.contains_key("DaemonSet"));
+    // No agents, no agent identity or rights.
+    assert_eq!(by["ServiceAccount"].len(), 1);
+    assert_eq!(by["ClusterRole"].len(), 1);
+    assert!(grants_of(&only_controller, "sg-agent").is_empty());
 }
 
 #[test]

@@ -7,7 +7,7 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::{node_name, standard_groups, World, NAMESPACE, ON_DEMAND, SPOT};
+use harness::{eventually, node_name, standard_groups, World, LEDGER, ON_DEMAND, SPOT};
 use spotguard_aws::testing::ImdsServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -15,7 +15,7 @@ async fn dry_run_decides_and_logs_but_changes_nothing() {
     let world = World::start(&standard_groups()).await;
     let at_risk = world.instances(SPOT).await.into_iter().next().unwrap();
     let at_risk_node = node_name(&at_risk);
-    world.add_pods("web", &at_risk_node, 2);
+    world.add_pods("web", &at_risk_node, 2).await;
     let spot_before = world.group(SPOT).await;
     let od_before = world.group(ON_DEMAND).await;
     let imds = ImdsServer::start(&at_risk).await;
@@ -43,11 +43,12 @@ async fn dry_run_decides_and_logs_but_changes_nothing() {
         "dry-run: would set desired capacity of {SPOT} to {}",
         spot_before.desired + 1
     );
-    world
-        .eventually("the spot scale-up decided", Duration::from_secs(60), || {
-            daemon.output().contains(&spot_raise)
-        })
-        .await;
+    eventually(
+        "the spot scale-up decided",
+        Duration::from_secs(60),
+        || async { daemon.output().contains(&spot_raise) },
+    )
+    .await;
     world
         .proxy
         .add_failed_activity(SPOT, "InsufficientInstanceCapacity: no spot capacity");
@@ -61,12 +62,11 @@ async fn dry_run_decides_and_logs_but_changes_nothing() {
         format!("dry-run: would remove taint spotguard.dev/draining from node {at_risk_node}"),
         format!("no replacement for {at_risk_node}"),
     ];
-    world
-        .eventually("every decision logged", Duration::from_secs(60), || {
-            let out = daemon.output();
-            decisions.iter().all(|d| out.contains(d.as_str()))
-        })
-        .await;
+    eventually("every decision logged", Duration::from_secs(60), || async {
+        let out = daemon.output();
+        decisions.iter().all(|d| out.contains(d.as_str()))
+    })
+    .await;
     let metrics = daemon.metrics().await;
     for needle in [
         "spotguard_build_info{version=",
@@ -94,15 +94,17 @@ async fn dry_run_decides_and_logs_but_changes_nothing() {
         vec![],
         "no write reached the API server"
     );
-    assert!(world
-        .fake
-        .get("", "configmaps", Some(NAMESPACE), "spotguard-ledger")
-        .is_none());
-    assert!(world
-        .fake
-        .list("coordination.k8s.io", "leases", None)
-        .is_empty());
-    assert_eq!(world.fake.pods_on(&at_risk_node).len(), 2);
+    assert!(world.configmap(LEDGER).await.is_none());
+    assert!(world.leases().await.is_empty());
+    assert_eq!(world.pods_on(&at_risk_node).await.len(), 2);
+    let node = world.node(&at_risk_node).await.expect("the at-risk node");
+    assert!(
+        node.spec
+            .and_then(|s| s.taints)
+            .unwrap_or_default()
+            .is_empty(),
+        "the node was not tainted"
+    );
 
     daemon.terminate();
     let status = daemon.wait_exit(Duration::from_secs(30)).await;

@@ -1,12 +1,14 @@
 //! End to end: the real `spotguard` binary, as an agent process and a controller process,
-//! against moto (through the fault proxy), a local IMDS and the Kubernetes API server fake.
+//! against moto (through the fault proxy), a local IMDS and the real Kubernetes control plane
+//! (kwok nodes registered for moto's instances), each process as its own ServiceAccount with
+//! the chart's RBAC rules alone.
 //!
 //! A rebalance notice while spot launches fail leads to a spot scale-up, a fallback to
 //! on-demand recorded in the ledger, and a taint and drain of the at-risk node; once spot is
 //! healthy and stable the controller drains the on-demand node and decrements the on-demand
 //! group. The end state is read back with the real `aws` CLI against moto and the real
-//! `kubectl` against the API server, the metrics and Events are checked, and both processes
-//! shut down gracefully on SIGTERM.
+//! `kubectl` against the API server, the metrics and Events are checked, every verb the chart
+//! grants each role is shown to be used, and both processes shut down gracefully on SIGTERM.
 #![cfg(feature = "daemon")]
 
 mod harness;
@@ -14,8 +16,8 @@ mod harness;
 use std::time::Duration;
 
 use harness::{
-    fallback_given_back, node_name, reach_fallback, standard_groups, World, NAMESPACE, ON_DEMAND,
-    SPOT,
+    fallback_given_back, node_name, reach_fallback, standard_groups, World, LEADER_LEASE, LEDGER,
+    ON_DEMAND, SPOT,
 };
 use serde_json::Value;
 use spotguard_aws::testing::ImdsServer;
@@ -28,10 +30,11 @@ fn ledger_from(configmap: &Value) -> Ledger {
     serde_json::from_str(text).expect("ledger JSON")
 }
 
-fn has_taint(node: &Value, key: &str) -> bool {
-    node["spec"]["taints"]
-        .as_array()
-        .is_some_and(|t| t.iter().any(|t| t["key"] == key))
+fn has_taint(node: &k8s_openapi::api::core::v1::Node, key: &str) -> bool {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|t| t.iter().any(|t| t.key == key))
 }
 
 fn instances_of(group: &Value) -> Vec<String> {
@@ -49,7 +52,7 @@ async fn rebalance_falls_back_to_on_demand_and_the_controller_gives_it_back() {
     let at_risk = world.instances(SPOT).await.into_iter().next().unwrap();
     let baseline = world.instances(ON_DEMAND).await.into_iter().next().unwrap();
     let at_risk_node = node_name(&at_risk);
-    world.add_pods("web", &at_risk_node, 3);
+    world.add_pods("web", &at_risk_node, 3).await;
     let imds = ImdsServer::start(&at_risk).await;
     world.config("");
     let mut agent = world.spawn(
@@ -70,10 +73,14 @@ async fn rebalance_falls_back_to_on_demand_and_the_controller_gives_it_back() {
 
     // Phase 1: spot scale-up, failed launch, on-demand fallback, taint and drain.
     let fallback = reach_fallback(&world, &imds, &at_risk).await;
-    let node = world.kubectl_json(&["get", "node", &at_risk_node]).await;
+    // Its instance terminated, the node is gone by now: its last state was tainted.
+    let node = world
+        .node_last_seen(&at_risk_node)
+        .await
+        .expect("at-risk node");
     assert!(
         has_taint(&node, "spotguard.dev/draining"),
-        "at-risk node tainted: {node}"
+        "at-risk node tainted: {node:?}"
     );
     let pods = world
         .kubectl_json(&[
@@ -91,7 +98,7 @@ async fn rebalance_falls_back_to_on_demand_and_the_controller_gives_it_back() {
     );
     let ledger = ledger_from(
         &world
-            .kubectl_json(&["get", "configmap", "spotguard-ledger", "-n", NAMESPACE])
+            .kubectl_json(&["get", "configmap", LEDGER, "-n", &world.namespace])
             .await,
     );
     let entry = ledger.get(&fallback.entry).expect("fallback entry");
@@ -122,13 +129,15 @@ async fn rebalance_falls_back_to_on_demand_and_the_controller_gives_it_back() {
     assert_eq!(spot["DesiredCapacity"], 3, "{spot}");
     assert!(!instances_of(&spot).contains(&at_risk), "{spot}");
     let od_node = world
-        .kubectl_json(&["get", "node", &node_name(&fallback.on_demand)])
-        .await;
-    assert_eq!(od_node["spec"]["unschedulable"], true, "{od_node}");
-    assert!(has_taint(&od_node, "spotguard.dev/draining"), "{od_node}");
+        .node_last_seen(&node_name(&fallback.on_demand))
+        .await
+        .expect("the fallback node");
+    let unschedulable = od_node.spec.as_ref().and_then(|s| s.unschedulable);
+    assert_eq!(unschedulable, Some(true), "{od_node:?}");
+    assert!(has_taint(&od_node, "spotguard.dev/draining"), "{od_node:?}");
     let ledger = ledger_from(
         &world
-            .kubectl_json(&["get", "configmap", "spotguard-ledger", "-n", NAMESPACE])
+            .kubectl_json(&["get", "configmap", LEDGER, "-n", &world.namespace])
             .await,
     );
     let entry = ledger.get(&fallback.entry).unwrap();
@@ -178,59 +187,61 @@ async fn rebalance_falls_back_to_on_demand_and_the_controller_gives_it_back() {
     }
 
     // Kubernetes Events on the nodes concerned.
-    let events = world.fake.list("events.k8s.io", "events", None);
-    let reasons: Vec<(String, String)> = events
-        .iter()
-        .map(|e| {
-            (
-                e["regarding"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                e["reason"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect();
+    let od_node_name = node_name(&fallback.on_demand);
     for (node, reason) in [
         (at_risk_node.as_str(), "SpotGuardNotice"),
         (at_risk_node.as_str(), "SpotGuardTainted"),
         (at_risk_node.as_str(), "SpotGuardDrained"),
-        (
-            node_name(&fallback.on_demand).as_str(),
-            "SpotGuardScaleDown",
-        ),
+        (od_node_name.as_str(), "SpotGuardScaleDown"),
     ] {
+        let events = world.node_events(node).await;
         assert!(
-            reasons.iter().any(|(n, r)| n == node && r == reason),
-            "no {reason} event on {node}: {reasons:?}"
+            events.iter().any(|(r, _)| r == reason),
+            "no {reason} event on {node}: {events:?}"
         );
     }
 
-    // Least privilege: every request the run made is allowed by the chart's RBAC, and the
-    // chart grants nothing the run did not use (but the Event series patch, which only a
+    // Least privilege: each process ran as its role's ServiceAccount with the chart's rules
+    // alone (the API server refused anything else, and the flows above passed), and every
+    // verb the chart grants is used by one of them (but the Event series patch, which only a
     // repeated Event needs).
-    let rbac = harness::chart::grants(&harness::chart::render(
-        &serde_json::json!({}),
-        "spotguard",
-        NAMESPACE,
-    ));
+    let manifests =
+        harness::chart::render(&serde_json::json!({}), &world.release, &world.namespace);
+    let mut granted = std::collections::BTreeSet::new();
     let mut used = std::collections::BTreeSet::new();
-    for (method, path, _) in world.fake.requests() {
-        if let Some(access) = harness::chart::access(&method, &path) {
-            assert!(
-                harness::chart::permits(&rbac, &access),
-                "{method} {path} needs {access:?}, which the chart does not grant"
+    for access in [&world.agent, &world.controller] {
+        let rbac = harness::chart::grants_of(&manifests, &access.account);
+        for (method, path, status) in access.api.requests() {
+            assert_ne!(
+                status, 403,
+                "{} was refused {method} {path}",
+                access.account
             );
-            used.insert((access.group, access.resource, access.verb));
+            if let Some(access) = harness::chart::access(&method, &path) {
+                assert!(
+                    harness::chart::permits(&rbac, &access),
+                    "{method} {path} needs {access:?}, which the chart does not grant"
+                );
+                used.insert((access.group, access.resource, access.verb));
+            }
         }
+        granted.extend(rbac.into_iter().map(|g| (g.group, g.resource, g.verb)));
     }
-    let unused: Vec<_> = rbac
-        .iter()
-        .map(|g| (g.group.clone(), g.resource.clone(), g.verb.clone()))
+    let unused: Vec<_> = granted
+        .into_iter()
         .filter(|g| !used.contains(g))
         .filter(|(group, _, verb)| !(group == "events.k8s.io" && verb == "patch"))
         .collect();
     assert_eq!(unused, vec![], "granted but never used");
+    assert!(
+        !world
+            .agent
+            .api
+            .requests()
+            .iter()
+            .any(|(_, path, _)| path.contains("poddisruptionbudgets")),
+        "agents never read PDBs"
+    );
 
     // Graceful shutdown: exit 0, leader lease released.
     controller.terminate();
@@ -243,21 +254,11 @@ async fn rebalance_falls_back_to_on_demand_and_the_controller_gives_it_back() {
     );
     let status = agent.wait_exit(Duration::from_secs(30)).await;
     assert!(status.success(), "agent: {status}\n{}", agent.output());
-    let lease = world
-        .fake
-        .get(
-            "coordination.k8s.io",
-            "leases",
-            Some(NAMESPACE),
-            "spotguard-controller",
-        )
-        .expect("leader lease");
+    let lease = world.lease(LEADER_LEASE).await.expect("leader lease");
+    let holder = lease.spec.as_ref().and_then(|s| s.holder_identity.clone());
     assert!(
-        lease["spec"]["holderIdentity"]
-            .as_str()
-            .unwrap_or_default()
-            .is_empty(),
-        "leader lease released: {lease}"
+        holder.unwrap_or_default().is_empty(),
+        "leader lease released: {lease:?}"
     );
     assert!(
         controller.output().contains("ledger persisted"),

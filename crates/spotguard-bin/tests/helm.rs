@@ -230,14 +230,16 @@ async fn every_rendered_manifest_is_accepted_by_the_api_server() {
     }
 }
 
-/// The chart's RBAC, installed for real and used with its ServiceAccount's token: what Spot
-/// Guard does is allowed, and a request outside it — deleting a pod directly, patching a
-/// ConfigMap that is not the ledger, writing a Lease in another namespace, reading Secrets —
-/// is refused by the API server with 403.
+/// The chart's RBAC, installed for real and used with the tokens of its two ServiceAccounts
+/// (agent and controller): what Spot Guard does is allowed, and a request outside it —
+/// deleting a pod directly, patching a ConfigMap that is not the ledger, writing a Lease in
+/// another namespace, reading Secrets, deleting a node, and for an agent reading
+/// PodDisruptionBudgets — is refused by the API server with 403.
 #[tokio::test]
 async fn the_charts_rbac_allows_spot_guards_calls_and_refuses_the_rest() {
     use k8s_openapi::api::coordination::v1::Lease;
     use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
     use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
     use serde_json::json;
     use spotguard_testkit_k8s::{unique_name, NodeBuilder};
@@ -256,10 +258,6 @@ async fn the_charts_rbac_allows_spot_guards_calls_and_refuses_the_rest() {
     let rbac = String::from_utf8(run(template, "helm template (RBAC)").stdout).unwrap();
     apply(cp, &rbac, &[], "the chart's RBAC");
 
-    let mut create_token = cp.kubectl();
-    create_token.args(["create", "token", &release, "--namespace", &namespace]);
-    let token = String::from_utf8(run(create_token, "kubectl create token").stdout).unwrap();
-    let client = cp.client_for_token(token.trim());
     let admin = cp.admin_client();
 
     // Objects to act on.
@@ -283,87 +281,109 @@ async fn the_charts_rbac_allows_spot_guards_calls_and_refuses_the_rest() {
         .await
         .unwrap();
 
-    // Allowed: what the daemon does.
-    let nodes: Api<Node> = Api::all(client.clone());
-    nodes
-        .list(&ListParams::default().limit(1))
-        .await
-        .expect("list nodes");
-    let label = json!({"metadata": {"annotations": {"spotguard.dev/test": "true"}}});
-    nodes
-        .patch(&node_name, &PatchParams::default(), &Patch::Merge(&label))
-        .await
-        .expect("patch a node");
-    Api::<Pod>::all(client.clone())
-        .list(&ListParams::default().limit(1))
-        .await
-        .expect("list pods");
-    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
-    let ledger: ConfigMap =
-        serde_json::from_value(json!({"metadata": {"name": "spotguard-ledger"}, "data": {}}))
-            .unwrap();
-    configmaps
-        .create(&PostParams::default(), &ledger)
-        .await
-        .expect("create the ledger");
-    configmaps
-        .patch(
-            "spotguard-ledger",
-            &PatchParams::default(),
-            &Patch::Merge(&json!({"data": {"ledger.json": "{}"}})),
-        )
-        .await
-        .expect("patch the ledger");
-    let lease = |ns: &str| -> Lease {
-        serde_json::from_value(json!({"metadata": {"name": "spotguard-scale-web-spot", "namespace": ns}, "spec": {"holderIdentity": "agent"}})).unwrap()
+    // A create the other role made first is refused with 409, after authorization.
+    let already_exists = |e: kube::Error| match e {
+        kube::Error::Api(status) if status.code == 409 => Ok(()),
+        other => Err(other),
     };
-    Api::<Lease>::namespaced(client.clone(), &namespace)
-        .create(&PostParams::default(), &lease(&namespace))
-        .await
-        .expect("create a scale-lock Lease");
-
-    // Refused with 403.
-    let forbidden = |what: &str, result: Result<(), kube::Error>| match result {
-        Err(kube::Error::Api(status)) if status.code == 403 => {}
-        other => panic!("{what}: expected 403, got {other:?}"),
-    };
-    forbidden(
-        "deleting a pod directly",
-        Api::<Pod>::namespaced(client.clone(), &namespace)
-            .delete("app", &DeleteParams::default())
+    for role in ["agent", "controller"] {
+        let account = format!("{release}-{role}");
+        let client = cp.client_for_token(&cp.service_account_token(&namespace, &account).await);
+        // Only the controller reads PodDisruptionBudgets.
+        let pdbs = Api::<PodDisruptionBudget>::all(client.clone())
+            .list(&ListParams::default().limit(1))
+            .await;
+        match (role, pdbs) {
+            ("controller", Ok(_)) => {}
+            ("agent", Err(kube::Error::Api(status))) if status.code == 403 => {}
+            (role, other) => panic!("{role} listing PDBs: {other:?}"),
+        }
+        // Allowed: what the daemon does.
+        let nodes: Api<Node> = Api::all(client.clone());
+        nodes
+            .list(&ListParams::default().limit(1))
             .await
-            .map(|_| ()),
-    );
-    forbidden(
-        "patching a ConfigMap that is not the ledger",
+            .expect("list nodes");
+        let label = json!({"metadata": {"annotations": {"spotguard.dev/test": "true"}}});
+        nodes
+            .patch(&node_name, &PatchParams::default(), &Patch::Merge(&label))
+            .await
+            .expect("patch a node");
+        Api::<Pod>::all(client.clone())
+            .list(&ListParams::default().limit(1))
+            .await
+            .expect("list pods");
+        let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+        let ledger: ConfigMap =
+            serde_json::from_value(json!({"metadata": {"name": "spotguard-ledger"}, "data": {}}))
+                .unwrap();
+        configmaps
+            .create(&PostParams::default(), &ledger)
+            .await
+            .map(|_| ())
+            .or_else(already_exists)
+            .expect("create the ledger");
         configmaps
             .patch(
-                "unrelated",
+                "spotguard-ledger",
                 &PatchParams::default(),
-                &Patch::Merge(&json!({"data": {"x": "y"}})),
+                &Patch::Merge(&json!({"data": {"ledger.json": "{}"}})),
             )
             .await
-            .map(|_| ()),
-    );
-    forbidden(
-        "writing a Lease in another namespace",
-        Api::<Lease>::namespaced(client.clone(), &other)
-            .create(&PostParams::default(), &lease(&other))
+            .expect("patch the ledger");
+        let lease = |ns: &str| -> Lease {
+            serde_json::from_value(json!({"metadata": {"name": "spotguard-scale-web-spot", "namespace": ns}, "spec": {"holderIdentity": "agent"}})).unwrap()
+        };
+        Api::<Lease>::namespaced(client.clone(), &namespace)
+            .create(&PostParams::default(), &lease(&namespace))
             .await
-            .map(|_| ()),
-    );
-    forbidden(
-        "reading Secrets",
-        Api::<Secret>::namespaced(client.clone(), &namespace)
-            .list(&ListParams::default())
-            .await
-            .map(|_| ()),
-    );
-    forbidden(
-        "deleting a node",
-        nodes
-            .delete(&node_name, &DeleteParams::default())
-            .await
-            .map(|_| ()),
-    );
+            .map(|_| ())
+            .or_else(already_exists)
+            .expect("create a scale-lock Lease");
+
+        // Refused with 403.
+        let forbidden = |what: &str, result: Result<(), kube::Error>| match result {
+            Err(kube::Error::Api(status)) if status.code == 403 => {}
+            other => panic!("{what}: expected 403, got {other:?}"),
+        };
+        forbidden(
+            "deleting a pod directly",
+            Api::<Pod>::namespaced(client.clone(), &namespace)
+                .delete("app", &DeleteParams::default())
+                .await
+                .map(|_| ()),
+        );
+        forbidden(
+            "patching a ConfigMap that is not the ledger",
+            configmaps
+                .patch(
+                    "unrelated",
+                    &PatchParams::default(),
+                    &Patch::Merge(&json!({"data": {"x": "y"}})),
+                )
+                .await
+                .map(|_| ()),
+        );
+        forbidden(
+            "writing a Lease in another namespace",
+            Api::<Lease>::namespaced(client.clone(), &other)
+                .create(&PostParams::default(), &lease(&other))
+                .await
+                .map(|_| ()),
+        );
+        forbidden(
+            "reading Secrets",
+            Api::<Secret>::namespaced(client.clone(), &namespace)
+                .list(&ListParams::default())
+                .await
+                .map(|_| ()),
+        );
+        forbidden(
+            "deleting a node",
+            nodes
+                .delete(&node_name, &DeleteParams::default())
+                .await
+                .map(|_| ()),
+        );
+    }
 }

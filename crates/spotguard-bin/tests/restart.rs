@@ -9,27 +9,18 @@ mod harness;
 use std::time::Duration;
 
 use harness::{
-    fallback_given_back, node_name, reach_fallback, standard_groups, World, NAMESPACE, ON_DEMAND,
-    SPOT,
+    eventually, fallback_given_back, node_name, reach_fallback, standard_groups, World,
+    LEADER_LEASE, LEDGER, ON_DEMAND, SPOT,
 };
-use serde_json::{json, Value};
 use spotguard_aws::testing::ImdsServer;
 use spotguard_core::ledger::EntryState;
-use spotguard_k8s::testing::{pdb_min_available, PodBuilder};
-
-fn db_pod(name: &str, node: &str) -> Value {
-    PodBuilder::new("shop", name, node)
-        .owned_by("StatefulSet", "db")
-        .label("app", "db")
-        .build()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_controller_killed_mid_scale_down_is_resumed_exactly_once() {
     let world = World::start(&standard_groups()).await;
     let at_risk = world.instances(SPOT).await.into_iter().next().unwrap();
     let baseline = world.instances(ON_DEMAND).await.into_iter().next().unwrap();
-    world.add_pods("web", &node_name(&at_risk), 2);
+    world.add_pods("web", &node_name(&at_risk), 2).await;
     let imds = ImdsServer::start(&at_risk).await;
     world.config("");
     let mut agent = world.spawn("agent", "agent", Some(&imds), &[]);
@@ -39,13 +30,12 @@ async fn a_controller_killed_mid_scale_down_is_resumed_exactly_once() {
     controller.wait_ready(Duration::from_secs(60)).await;
     let fallback = reach_fallback(&world, &imds, &at_risk).await;
     let od_node = node_name(&fallback.on_demand);
-    // Two pods of a StatefulSet on the fallback node under a budget of one disruption: the
-    // drain evicts one and is held on the other (nothing recreates it).
-    world.fake.create(db_pod("db-0", &od_node));
-    world.fake.create(db_pod("db-1", &od_node));
+    // Two pods of a database on the fallback node under a budget of one disruption: the
+    // drain evicts one and is held on the other (its operator is down: nothing recreates it).
     world
-        .fake
-        .create(pdb_min_available("shop", "db", "db", json!(1)));
+        .add_database_pods("db", &od_node, &["db-0", "db-1"])
+        .await;
+    world.add_pdb("db", 1).await;
     assert_eq!(
         world.proxy.forwarded("TerminateInstanceInAutoScalingGroup"),
         1
@@ -53,25 +43,19 @@ async fn a_controller_killed_mid_scale_down_is_resumed_exactly_once() {
 
     // Spot is healthy again: the controller starts removing the fallback node.
     world.proxy.clear();
-    world
-        .eventually(
-            "the scale-down under way and held by the PDB",
-            Duration::from_secs(90),
-            || {
-                let draining = world
-                    .ledger()
-                    .get(&fallback.entry)
-                    .is_some_and(|e| e.state == EntryState::Draining);
-                let db_left = world
-                    .fake
-                    .pods_on(&od_node)
-                    .iter()
-                    .filter(|p| p["metadata"]["labels"]["app"] == "db")
-                    .count();
-                draining && db_left == 1
-            },
-        )
-        .await;
+    eventually(
+        "the scale-down under way and held by the PDB",
+        Duration::from_secs(90),
+        || async {
+            let draining = world
+                .ledger()
+                .await
+                .get(&fallback.entry)
+                .is_some_and(|e| e.state == EntryState::Draining);
+            draining && world.app_pods("db").await.len() == 1
+        },
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     controller.kill().await;
 
@@ -80,7 +64,7 @@ async fn a_controller_killed_mid_scale_down_is_resumed_exactly_once() {
     assert_eq!(od.desired, 2, "{od:?}");
     assert!(od.holds(&fallback.on_demand));
     assert_eq!(
-        world.ledger().get(&fallback.entry).unwrap().state,
+        world.ledger().await.get(&fallback.entry).unwrap().state,
         EntryState::Draining
     );
     assert_eq!(
@@ -88,9 +72,9 @@ async fn a_controller_killed_mid_scale_down_is_resumed_exactly_once() {
         1
     );
 
-    // The StatefulSet brings its pod up elsewhere, so the budget allows the last eviction.
+    // The operator brings a pod up elsewhere, so the budget allows the last eviction.
     let spot_node = node_name(&world.instances(SPOT).await.into_iter().next().unwrap());
-    world.fake.create(db_pod("db-2", &spot_node));
+    world.add_database_pods("db", &spot_node, &["db-2"]).await;
 
     let mut restarted = world.spawn("controller-2", "controller", None, &[]);
     restarted.wait_ready(Duration::from_secs(60)).await;
@@ -122,26 +106,16 @@ async fn a_controller_killed_mid_scale_down_is_resumed_exactly_once() {
         "the baseline instance is untouched"
     );
     let cm = world
-        .kubectl_json(&["get", "configmap", "spotguard-ledger", "-n", NAMESPACE])
+        .kubectl_json(&["get", "configmap", LEDGER, "-n", &world.namespace])
         .await;
     let ledger: spotguard_core::ledger::Ledger =
         serde_json::from_str(cm["data"]["ledger.json"].as_str().unwrap()).unwrap();
     assert_eq!(ledger.open().count(), 0, "{ledger:?}");
-    let lease = world
-        .fake
-        .get(
-            "coordination.k8s.io",
-            "leases",
-            Some(NAMESPACE),
-            "spotguard-controller",
-        )
-        .unwrap();
+    let lease = world.lease(LEADER_LEASE).await.expect("leader lease");
+    let transitions = lease.spec.as_ref().and_then(|s| s.lease_transitions);
     assert!(
-        lease["spec"]["leaseTransitions"]
-            .as_i64()
-            .unwrap_or_default()
-            >= 1,
-        "the restarted controller took the lease over: {lease}"
+        transitions.unwrap_or_default() >= 1,
+        "the restarted controller took the lease over: {lease:?}"
     );
     let output = restarted.output();
     assert!(output.contains("leading"), "{output}");

@@ -8,11 +8,9 @@ mod harness;
 
 use std::time::{Duration, Instant, SystemTime};
 
-use harness::{node_name, standard_groups, World, NAMESPACE, SPOT};
-use serde_json::json;
+use harness::{eventually, node_name, standard_groups, World, SPOT};
 use spotguard_aws::testing::ImdsServer;
 use spotguard_core::ledger::{EntryKind, EntryState};
-use spotguard_k8s::testing::{pdb_min_available, PodBuilder};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_held_drain_abandons_the_step_within_the_bound() {
@@ -20,34 +18,27 @@ async fn sigterm_during_a_held_drain_abandons_the_step_within_the_bound() {
     let at_risk = world.instances(SPOT).await.into_iter().next().unwrap();
     let node = node_name(&at_risk);
     // One pod nothing recreates, under a budget that allows no disruption: the drain waits.
-    world.fake.create(
-        PodBuilder::new("shop", "db-0", &node)
-            .owned_by("StatefulSet", "db")
-            .label("app", "db")
-            .build(),
-    );
-    world
-        .fake
-        .create(pdb_min_available("shop", "db", "db", json!(1)));
+    world.add_database_pods("db", &node, &["db-0"]).await;
+    world.add_pdb("db", 1).await;
     let imds = ImdsServer::start(&at_risk).await;
     world.config("");
     let mut agent = world.spawn("agent", "agent", Some(&imds), &[]);
     agent.wait_ready(Duration::from_secs(60)).await;
     imds.set_rebalance(&humantime::format_rfc3339_seconds(SystemTime::now()).to_string());
 
-    world
-        .eventually(
-            "a drain held by the budget",
-            Duration::from_secs(60),
-            || {
-                world
-                    .fake
-                    .requests()
-                    .iter()
-                    .any(|(m, p, code)| m == "POST" && p.contains("/eviction") && *code == 429)
-            },
-        )
-        .await;
+    eventually(
+        "a drain held by the budget",
+        Duration::from_secs(60),
+        || async {
+            world
+                .agent
+                .api
+                .requests()
+                .iter()
+                .any(|(m, p, code)| m == "POST" && p.contains("/eviction") && *code == 429)
+        },
+    )
+    .await;
     let asked = Instant::now();
     agent.terminate();
     let status = agent.wait_exit(Duration::from_secs(30)).await;
@@ -63,7 +54,7 @@ async fn sigterm_during_a_held_drain_abandons_the_step_within_the_bound() {
         "{output}"
     );
     assert!(output.contains("ledger persisted"), "{output}");
-    let ledger = world.ledger();
+    let ledger = world.ledger().await;
     assert!(
         ledger
             .entries
@@ -72,7 +63,7 @@ async fn sigterm_during_a_held_drain_abandons_the_step_within_the_bound() {
         "the open pre-scale stays in the ledger for the controller: {ledger:?}"
     );
     assert_eq!(
-        world.fake.pods_on(&node).len(),
+        world.pods_on(&node).await.len(),
         1,
         "the held pod is still there"
     );
@@ -97,26 +88,18 @@ async fn a_scale_lock_held_at_shutdown_is_given_up() {
     agent.wait_ready(Duration::from_secs(60)).await;
     world.proxy.throttle("SetDesiredCapacity", 50);
     imds.set_rebalance(&humantime::format_rfc3339_seconds(SystemTime::now()).to_string());
-    world
-        .eventually("a raise under way", Duration::from_secs(60), || {
-            world.proxy.received("SetDesiredCapacity") >= 1
-        })
-        .await;
-    let lease = || {
-        world
-            .fake
-            .get(
-                "coordination.k8s.io",
-                "leases",
-                Some(NAMESPACE),
-                &format!("spotguard-scale-{SPOT}"),
-            )
-            .expect("the scale lock's Lease exists")
+    eventually("a raise under way", Duration::from_secs(60), || async {
+        world.proxy.received("SetDesiredCapacity") >= 1
+    })
+    .await;
+    let holder = || async {
+        let lease = world
+            .lease(&format!("spotguard-scale-{SPOT}"))
+            .await
+            .expect("the scale lock's Lease exists");
+        lease.spec.and_then(|s| s.holder_identity)
     };
-    assert!(
-        !lease()["spec"]["holderIdentity"].is_null(),
-        "held during the raise"
-    );
+    assert!(holder().await.is_some(), "held during the raise");
     agent.terminate();
     let status = agent.wait_exit(Duration::from_secs(30)).await;
     assert!(status.success(), "{status}\n{}", agent.output());
@@ -125,9 +108,9 @@ async fn a_scale_lock_held_at_shutdown_is_given_up() {
         output.contains("scale lock leases released at shutdown"),
         "{output}"
     );
+    let left = holder().await;
     assert!(
-        lease()["spec"]["holderIdentity"].is_null(),
-        "given up, not left to expire: {}",
-        lease()
+        left.is_none(),
+        "given up, not left to expire: held by {left:?}"
     );
 }

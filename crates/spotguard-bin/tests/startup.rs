@@ -7,7 +7,7 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::{run_cli, standard_groups, World, NAMESPACE, SPOT};
+use harness::{run_cli, standard_groups, World, LEDGER, SPOT};
 use spotguard_aws::testing::{free_port, ImdsServer};
 
 /// The one line on stderr (logs go to stdout).
@@ -174,10 +174,7 @@ async fn unreachable_endpoints_and_missing_groups_change_nothing() {
         assert_eq!(world.proxy.received(action), 0);
     }
     assert_eq!(world.writes_to_kubernetes(), vec![]);
-    assert!(world
-        .fake
-        .get("", "configmaps", Some(NAMESPACE), "spotguard-ledger")
-        .is_none());
+    assert!(world.configmap(LEDGER).await.is_none());
     let mut agent = world.spawn("agent", "agent", Some(&imds), &[]);
     agent.wait_ready(Duration::from_secs(60)).await;
     agent.terminate();

@@ -46,6 +46,7 @@
 mod node;
 mod process;
 mod proxy;
+mod scale;
 
 use std::fmt::Write as _;
 use std::fs;
@@ -66,6 +67,7 @@ use serde_json::json;
 pub use node::{node_is_ready, pod_is_ready, NodeBuilder, NODE_READY_TIMEOUT};
 use process::{Janitor, Supervised};
 pub use proxy::{ApiFault, ApiFaultProxy, ApiRule, StatusReply};
+pub use scale::{Populated, POPULATE_CONCURRENCY};
 
 /// Environment variable naming the folder of the control-plane binaries, instead of
 /// `target/control-plane/bin` of the workspace.
@@ -323,6 +325,45 @@ impl ControlPlane {
         path
     }
 
+    /// Writes a kubeconfig for `server` (this API server's URL, or a proxy's in front of it:
+    /// a plain `http://` URL gets no certificate authority) with the given bearer token to a
+    /// new file in the control plane's folder, and returns its path.
+    pub fn write_kubeconfig_for(&self, server: &str, token: &str) -> PathBuf {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = self.dir.join(format!("kubeconfig-for-{n}.json"));
+        let ca = server
+            .starts_with("https://")
+            .then_some(self.ca_path.as_path());
+        write_kubeconfig_file(&path, server, ca, token).unwrap_or_else(|e| panic!("{e}"));
+        path
+    }
+
+    /// A bearer token of ServiceAccount `namespace/name` from the TokenRequest API, valid for
+    /// two hours (what a pod's projected token is, without a pod).
+    pub async fn service_account_token(&self, namespace: &str, name: &str) -> String {
+        use k8s_openapi::api::authentication::v1::TokenRequest;
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.admin_client(), namespace);
+        let request: TokenRequest = serde_json::from_value(json!({
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"expirationSeconds": 7200},
+        }))
+        .expect("a TokenRequest");
+        let issued = accounts
+            .create_token_request(name, &PostParams::default(), &request)
+            .await
+            .unwrap_or_else(|e| {
+                panic!("requesting a token of ServiceAccount {namespace}/{name}: {e}")
+            });
+        let token: String = issued.status.and_then(|s| s.token).unwrap_or_default();
+        assert!(
+            !token.is_empty(),
+            "the token request of {namespace}/{name} came back without a token"
+        );
+        token
+    }
+
     /// `kubectl` with the admin's kubeconfig (`KUBECONFIG` set).
     pub fn kubectl(&self) -> Command {
         let mut cmd = Command::new(bin("kubectl"));
@@ -374,13 +415,23 @@ fn config_for(server_url: &str, ca_der: &[Vec<u8>], token: &str) -> kube::Config
 }
 
 fn write_kubeconfig(path: &Path, server: &str, ca: &Path, token: &str) -> Result<(), String> {
+    write_kubeconfig_file(path, server, Some(ca), token)
+}
+
+fn write_kubeconfig_file(
+    path: &Path,
+    server: &str,
+    ca: Option<&Path>,
+    token: &str,
+) -> Result<(), String> {
+    let mut cluster = json!({"server": server});
+    if let Some(ca) = ca {
+        cluster["certificate-authority"] = json!(ca);
+    }
     let config = json!({
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "spotguard", "cluster": {
-            "server": server,
-            "certificate-authority": ca,
-        }}],
+        "clusters": [{"name": "spotguard", "cluster": cluster}],
         "users": [{"name": "spotguard", "user": {"token": token}}],
         "contexts": [{"name": "spotguard", "context": {
             "cluster": "spotguard",

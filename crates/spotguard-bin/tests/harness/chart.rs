@@ -1,16 +1,13 @@
-//! `helm template` for Spot Guard's chart, in the test: the templates are Go text/template
-//! (rendered by gtmpl) with the few Helm functions the chart uses (`quote`, `default`,
-//! `toYaml`, `nindent`, `indent`), implemented as Helm implements them. A template calling
-//! any other function fails to render, so the chart cannot drift from what this tests.
-//!
-//! Also: the RBAC rules of rendered manifests, and the Kubernetes access a request to the API
-//! server needs, to check one against the other.
+//! The chart as the real `helm template` renders it (the `helm` of the control-plane test
+//! kit, built by `testkit/control-plane/build.sh`), and the RBAC rules of rendered manifests
+//! next to the Kubernetes access a request to the API server needs, to check one against the
+//! other.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
-use gtmpl::{Context, Func, FuncError, Template, Value};
-use serde_json::{json, Value as Json};
+use serde_json::Value as Json;
 
 /// The chart in this repository.
 pub fn chart_dir() -> PathBuf {
@@ -38,220 +35,47 @@ impl Manifest {
     }
 }
 
-fn yaml_file(path: &Path) -> Json {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    serde_norway::from_str(&text).unwrap_or_else(|e| panic!("{} is not YAML: {e}", path.display()))
+/// `helm template <release> <chart> --namespace <namespace>` with `values` (JSON is YAML) over
+/// the chart's defaults, as one manifest per document.
+pub fn render(values: &Json, release: &str, namespace: &str) -> Vec<Manifest> {
+    let dir = tempfile::tempdir().expect("scratch directory");
+    let file = dir.path().join("values.json");
+    std::fs::write(&file, values.to_string()).expect("write the values");
+    let out = Command::new(spotguard_testkit_k8s::bin("helm"))
+        .env("HELM_CACHE_HOME", dir.path().join("cache"))
+        .env("HELM_CONFIG_HOME", dir.path().join("config"))
+        .env("HELM_DATA_HOME", dir.path().join("data"))
+        .args(["template", release])
+        .arg(chart_dir())
+        .args(["--namespace", namespace, "--values"])
+        .arg(&file)
+        .output()
+        .expect("run helm");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "helm template with {values} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    parse_manifests(&text)
 }
 
-/// Deep merge, `over` winning (as `--set`/`-f` do).
-pub fn merge(base: &mut Json, over: &Json) {
-    match (base, over) {
-        (Json::Object(b), Json::Object(o)) => {
-            for (k, v) in o {
-                merge(b.entry(k.clone()).or_insert(Json::Null), v);
-            }
-        }
-        (b, o) => *b = o.clone(),
-    }
-}
-
-fn to_gtmpl(v: &Json) -> Value {
-    match v {
-        Json::Null => Value::Nil,
-        Json::Bool(b) => Value::Bool(*b),
-        Json::Number(n) => match (n.as_i64(), n.as_f64()) {
-            (Some(i), _) => Value::from(i),
-            (None, Some(f)) => Value::from(f),
-            _ => Value::Nil,
-        },
-        Json::String(s) => Value::String(s.clone()),
-        Json::Array(a) => Value::Array(a.iter().map(to_gtmpl).collect()),
-        Json::Object(o) => Value::Map(o.iter().map(|(k, v)| (k.clone(), to_gtmpl(v))).collect()),
-    }
-}
-
-fn to_json(v: &Value) -> Json {
-    match v {
-        Value::NoValue | Value::Nil | Value::Function(_) => Json::Null,
-        Value::Bool(b) => json!(b),
-        Value::String(s) => json!(s),
-        Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
-            (Some(i), _, _) => json!(i),
-            (_, Some(u), _) => json!(u),
-            (_, _, Some(f)) => json!(f),
-            _ => Json::Null,
-        },
-        Value::Array(a) => Json::Array(a.iter().map(to_json).collect()),
-        Value::Object(o) | Value::Map(o) => {
-            Json::Object(o.iter().map(|(k, v)| (k.clone(), to_json(v))).collect())
-        }
-    }
-}
-
-fn text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::NoValue | Value::Nil => String::new(),
-        other => other.to_string(),
-    }
-}
-
-/// Helm's `empty`: false, 0, "", nil, empty list or map.
-fn is_empty(v: &Value) -> bool {
-    match v {
-        Value::NoValue | Value::Nil => true,
-        Value::Bool(b) => !b,
-        Value::String(s) => s.is_empty(),
-        Value::Number(n) => n.as_f64() == Some(0.0),
-        Value::Array(a) => a.is_empty(),
-        Value::Object(o) | Value::Map(o) => o.is_empty(),
-        Value::Function(_) => false,
-    }
-}
-
-fn generic(message: String) -> FuncError {
-    FuncError::Generic(message)
-}
-
-/// `quote`: each argument as a double-quoted string, joined by spaces.
-fn quote(args: &[Value]) -> Result<Value, FuncError> {
-    let quoted: Vec<String> = args
-        .iter()
-        .map(|a| serde_json::to_string(&text(a)).expect("strings serialize"))
-        .collect();
-    Ok(Value::String(quoted.join(" ")))
-}
-
-/// `default DEFAULT VALUE`: VALUE unless it is empty.
-fn default(args: &[Value]) -> Result<Value, FuncError> {
-    match args {
-        [fallback] => Ok(fallback.clone()),
-        [fallback, given] => Ok(if is_empty(given) {
-            fallback.clone()
-        } else {
-            given.clone()
-        }),
-        _ => Err(FuncError::AtLeastXArgs("default".into(), 1)),
-    }
-}
-
-/// `toYaml`: YAML without the trailing newline.
-fn to_yaml(args: &[Value]) -> Result<Value, FuncError> {
-    let [value] = args else {
-        return Err(FuncError::ExactlyXArgs("toYaml".into(), 1));
-    };
-    let yaml = serde_norway::to_string(&to_json(value)).map_err(|e| generic(e.to_string()))?;
-    Ok(Value::String(yaml.trim_end_matches('\n').to_string()))
-}
-
-fn indented(args: &[Value], name: &str) -> Result<String, FuncError> {
-    let [n, s] = args else {
-        return Err(FuncError::ExactlyXArgs(name.into(), 2));
-    };
-    let n = match n {
-        Value::Number(n) => n.as_i64().unwrap_or_default(),
-        other => return Err(generic(format!("{name}: {other} is not a number"))),
-    };
-    let pad = " ".repeat(usize::try_from(n).unwrap_or_default());
-    Ok(text(s)
-        .split('\n')
-        .map(|l| format!("{pad}{l}"))
-        .collect::<Vec<_>>()
-        .join("\n"))
-}
-
-/// `indent N TEXT`.
-fn indent(args: &[Value]) -> Result<Value, FuncError> {
-    indented(args, "indent").map(Value::String)
-}
-
-/// `nindent N TEXT`: a newline, then `indent`.
-fn nindent(args: &[Value]) -> Result<Value, FuncError> {
-    indented(args, "nindent").map(|s| Value::String(format!("\n{s}")))
-}
-
-const FUNCTIONS: [(&str, Func); 5] = [
-    ("quote", quote),
-    ("default", default),
-    ("toYaml", to_yaml),
-    ("indent", indent),
-    ("nindent", nindent),
-];
-
-/// Renders the chart with `values` laid over values.yaml, as release `name` in `namespace`.
-pub fn render(values: &Json, name: &str, namespace: &str) -> Vec<Manifest> {
-    let dir = chart_dir();
-    let chart = yaml_file(&dir.join("Chart.yaml"));
-    let mut merged = yaml_file(&dir.join("values.yaml"));
-    merge(&mut merged, values);
-    let context = to_gtmpl(&json!({
-        "Values": merged,
-        "Release": {"Name": name, "Namespace": namespace, "Service": "Helm", "IsInstall": true},
-        "Chart": {
-            "Name": chart["name"],
-            "Version": chart["version"],
-            "AppVersion": chart["appVersion"],
-        },
-    }));
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("templates"))
-        .expect("templates directory")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| {
-            let file = p.file_name().and_then(|f| f.to_str()).unwrap_or_default();
-            file.ends_with(".yaml") && !file.starts_with('_')
-        })
-        .collect();
-    files.sort();
+/// The documents of `helm template`'s output, each with the template its `# Source:` line names.
+pub fn parse_manifests(text: &str) -> Vec<Manifest> {
     let mut manifests = Vec::new();
-    for file in files {
-        let source = std::fs::read_to_string(&file).expect("template");
-        let template_name = format!(
-            "templates/{}",
-            file.file_name()
-                .and_then(|f| f.to_str())
-                .unwrap_or_default()
-        );
-        let mut template = Template::default();
-        template.add_funcs(&FUNCTIONS);
-        template
-            .parse(source)
-            .unwrap_or_else(|e| panic!("{template_name} does not parse: {e}"));
-        let out = template
-            .render(&Context::from(context.clone()))
-            .unwrap_or_else(|e| panic!("{template_name} does not render: {e}"));
-        for document in split_documents(&out) {
-            let object: Json = serde_norway::from_str(&document).unwrap_or_else(|e| {
-                panic!("{template_name} renders invalid YAML: {e}\n{document}")
-            });
-            if !object.is_null() {
-                manifests.push(Manifest {
-                    template: template_name.clone(),
-                    object,
-                });
-            }
+    for document in text.split("\n---\n") {
+        let template = document
+            .lines()
+            .find_map(|l| l.strip_prefix("# Source: spotguard/"))
+            .unwrap_or_default()
+            .to_string();
+        let object: Json = serde_norway::from_str(document)
+            .unwrap_or_else(|e| panic!("{template} renders invalid YAML: {e}\n{document}"));
+        if !object.is_null() {
+            manifests.push(Manifest { template, object });
         }
     }
     manifests
-}
-
-fn split_documents(out: &str) -> Vec<String> {
-    let mut docs = vec![String::new()];
-    for line in out.lines() {
-        if line.trim_end() == "---" {
-            docs.push(String::new());
-        } else {
-            let last = docs.last_mut().expect("one document");
-            last.push_str(line);
-            last.push('\n');
-        }
-    }
-    docs.into_iter()
-        .filter(|d| {
-            d.lines()
-                .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
-        })
-        .collect()
 }
 
 /// One permission: API group, resource (with `/subresource`), verb, and the namespace it
@@ -308,6 +132,46 @@ pub fn grants(manifests: &[Manifest]) -> BTreeSet<Grant> {
         }
     }
     out
+}
+
+/// The grants of the roles bound to ServiceAccount `account` (by any binding of `manifests`).
+pub fn grants_of(manifests: &[Manifest], account: &str) -> BTreeSet<Grant> {
+    let bound: Vec<(String, String, Json)> = manifests
+        .iter()
+        .filter(|m| m.kind().ends_with("Binding"))
+        .filter(|m| {
+            m.object["subjects"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|s| s["kind"] == "ServiceAccount" && s["name"] == account)
+        })
+        .map(|m| {
+            (
+                m.object["roleRef"]["kind"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                m.object["roleRef"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                m.object["metadata"]["namespace"].clone(),
+            )
+        })
+        .collect();
+    let roles: Vec<Manifest> = manifests
+        .iter()
+        .filter(|m| {
+            bound.iter().any(|(kind, name, namespace)| {
+                m.kind() == kind
+                    && m.name() == name
+                    && (kind == "ClusterRole" || &m.object["metadata"]["namespace"] == namespace)
+            })
+        })
+        .cloned()
+        .collect();
+    grants(&roles)
 }
 
 /// What a request to the API server needs.

@@ -1,11 +1,21 @@
 //! The world the real `spotguard` binary runs in during end-to-end tests: moto behind the
-//! fault proxy, the Kubernetes API server fake (with a kubeconfig the binary and `kubectl`
-//! both use), local IMDS servers, and a stand-in kubelet that registers a Ready node for every
-//! instance that appears in an Auto Scaling group and marks it NotReady once the instance
-//! leaves.
+//! fault proxy, the real Kubernetes control plane of the test kit (etcd, kube-apiserver,
+//! controller manager, scheduler, kwok nodes), local IMDS servers, and a bridge that plays the
+//! cloud's node lifecycle: it registers a kwok Node (`providerID: aws:///<zone>/<instance-id>`)
+//! for every InService instance of the groups and deletes it once the instance has left.
 //!
-//! Everything fails loudly when a tool is missing (moto, `aws`, `kubectl`): these tests are
-//! never skipped.
+//! The daemon talks to the API server through an [`ApiFaultProxy`] per role (so the requests of
+//! agents and controllers are told apart), as the chart's own ServiceAccounts: the chart's RBAC
+//! is rendered with the real `helm template` and applied for each world, and every process runs
+//! with a token of its role's ServiceAccount, never as an administrator. The test itself reads
+//! and writes as the administrator, directly.
+//!
+//! Each world has its own namespace (ledger, Leases, RBAC, workloads) and its nodes carry a
+//! pool label its workloads select, so the tests of one binary share the control plane without
+//! touching each other's objects.
+//!
+//! Everything fails loudly when a tool is missing (moto, `aws`, the control-plane binaries):
+//! these tests are never skipped.
 #![allow(dead_code)]
 
 use std::collections::BTreeSet;
@@ -14,11 +24,17 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::{json, Value};
 use spotguard_aws::testing::{free_port, FaultProxy, GroupSpec, ImdsServer, MotoServer};
 use spotguard_core::ledger::{EntryState, Ledger};
 use spotguard_core::model::Group;
-use spotguard_k8s::testing::{node, FakeApiServer, FakeConfig, Kubectl, PodBuilder};
+use spotguard_testkit_k8s::{
+    node_is_ready, pod_is_ready, unique_name, ApiFaultProxy, ControlPlane, NodeBuilder,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
@@ -29,8 +45,14 @@ pub mod chart;
 pub const SPOT: &str = "web-spot";
 /// The on-demand group of the tests.
 pub const ON_DEMAND: &str = "web-od";
-/// Namespace of the ledger and the Leases.
-pub const NAMESPACE: &str = "spotguard";
+/// The ledger ConfigMap (the chart's default name).
+pub const LEDGER: &str = "spotguard-ledger";
+/// The controllers' leader Lease (the chart's default name).
+pub const LEADER_LEASE: &str = "spotguard-controller";
+/// The label of a world's nodes that its workloads select (value: the world's namespace).
+pub const POOL_LABEL: &str = "spotguard.dev/test-pool";
+/// Availability zone of the nodes the bridge registers.
+pub const ZONE: &str = "us-east-1a";
 /// Credentials moto accepts (it checks none).
 pub const AWS_ENV: [(&str, &str); 6] = [
     ("AWS_ACCESS_KEY_ID", "AKIDSPOTGUARDTEST"),
@@ -41,24 +63,44 @@ pub const AWS_ENV: [(&str, &str); 6] = [
     ("AWS_PAGER", ""),
 ];
 
-/// The servers, the scratch directory and the stand-in kubelet.
+/// How a role reaches the API server: its proxy and a kubeconfig with its token.
+pub struct Access {
+    /// The proxy in front of the API server (its request log is this role's).
+    pub api: ApiFaultProxy,
+    /// A kubeconfig for the proxy with the role's ServiceAccount token.
+    pub kubeconfig: PathBuf,
+    /// The ServiceAccount.
+    pub account: String,
+}
+
+/// The servers, the scratch directory and the bridge.
 pub struct World {
     /// moto.
     pub moto: Arc<MotoServer>,
     /// The proxy the daemon talks to.
     pub proxy: FaultProxy,
-    /// The API server fake.
-    pub fake: Arc<FakeApiServer>,
-    /// `kubectl` set up for the fake; its kubeconfig is the daemon's too.
-    pub kubectl: Kubectl,
+    /// The control plane of this test binary.
+    pub cp: &'static ControlPlane,
+    /// The namespace of this world: the ledger, the Leases, the chart's RBAC, the workloads.
+    pub namespace: String,
+    /// The Helm release name the chart's RBAC was rendered with.
+    pub release: String,
+    /// The agents' way in.
+    pub agent: Access,
+    /// The controllers' way in (also of `--role all`).
+    pub controller: Access,
     /// Scratch directory: configuration, logs, state files.
     pub dir: tempfile::TempDir,
-    kubelet: JoinHandle<()>,
+    departed: Departed,
+    bridge: JoinHandle<()>,
 }
+
+/// The last state of every node the bridge deleted, by name.
+type Departed = Arc<std::sync::Mutex<std::collections::BTreeMap<String, Node>>>;
 
 impl Drop for World {
     fn drop(&mut self) {
-        self.kubelet.abort();
+        self.bridge.abort();
     }
 }
 
@@ -67,22 +109,31 @@ pub fn node_name(instance: &str) -> String {
     format!("node-{instance}")
 }
 
+/// Waits, polling every 100ms, until `check` holds; panics after `limit`, naming `what`.
+pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    spotguard_testkit_k8s::eventually(limit, what, || {
+        let done = check();
+        async move { done.await.then_some(()) }
+    })
+    .await
+}
+
 impl World {
     /// Starts everything and creates the groups (spot groups first in `specs`).
     pub async fn start(specs: &[GroupSpec]) -> World {
-        Self::start_with(specs, FakeConfig::default()).await
-    }
-
-    /// Like [`World::start`], with settings for the API server fake.
-    pub async fn start_with(specs: &[GroupSpec], fake: FakeConfig) -> World {
+        let cp = ControlPlane::shared();
         let moto = Arc::new(MotoServer::start().await);
         let proxy = FaultProxy::start(&moto.url()).await;
         moto.create_groups(specs).await;
-        let fake = Arc::new(FakeApiServer::start_with(fake).await);
-        fake.create(
-            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}),
-        );
-        let kubectl = fake.kubectl();
+        let namespace = cp.create_namespace("spotguard").await;
+        let release = unique_name("sg");
+        install_rbac(cp, &release, &namespace).await;
+        let agent = Access::start(cp, &namespace, &format!("{release}-agent")).await;
+        let controller = Access::start(cp, &namespace, &format!("{release}-controller")).await;
         let groups: Vec<(String, &'static str)> = specs
             .iter()
             .map(|s| {
@@ -93,29 +144,44 @@ impl World {
                 (s.name.clone(), capacity)
             })
             .collect();
-        let kubelet = tokio::spawn(kubelet(moto.clone(), fake.clone(), groups));
+        let departed = Departed::default();
+        let bridge = tokio::spawn(bridge(
+            moto.clone(),
+            cp,
+            namespace.clone(),
+            groups,
+            departed.clone(),
+        ));
         let world = World {
             moto,
             proxy,
-            fake,
-            kubectl,
+            cp,
+            namespace,
+            release,
+            agent,
+            controller,
             dir: tempfile::tempdir().expect("scratch directory"),
-            kubelet,
+            departed,
+            bridge,
         };
-        // Every instance there now has its node before a test starts.
+        // Every instance there now has its Ready node before a test starts.
         for spec in specs {
-            let group = world.group(&spec.name).await;
-            for i in &group.instances {
-                world
-                    .eventually(
-                        &format!("node for {}", i.id),
-                        Duration::from_secs(30),
-                        || world.node(&node_name(&i.id)).is_some(),
-                    )
-                    .await;
+            for id in world.group(&spec.name).await.instance_ids() {
+                let name = node_name(&id);
+                eventually(
+                    &format!("node {name} Ready"),
+                    Duration::from_secs(60),
+                    || async { world.node(&name).await.is_some_and(|n| node_is_ready(&n)) },
+                )
+                .await;
             }
         }
         world
+    }
+
+    /// A new admin client.
+    pub fn admin(&self) -> kube::Client {
+        self.cp.admin_client()
     }
 
     /// The group as moto has it.
@@ -129,41 +195,211 @@ impl World {
     }
 
     /// The node object, if registered.
-    pub fn node(&self, name: &str) -> Option<Value> {
-        self.fake.get("", "nodes", None, name)
+    pub async fn node(&self, name: &str) -> Option<Node> {
+        Api::<Node>::all(self.admin())
+            .get_opt(name)
+            .await
+            .unwrap_or_else(|e| panic!("reading node {name}: {e}"))
+    }
+
+    /// The node as it is, or as it was when the bridge deleted it (its instance gone).
+    pub async fn node_last_seen(&self, name: &str) -> Option<Node> {
+        match self.node(name).await {
+            Some(node) => Some(node),
+            None => self.departed.lock().unwrap().get(name).cloned(),
+        }
     }
 
     /// The ledger as stored in its ConfigMap (empty when there is none yet).
-    pub fn ledger(&self) -> Ledger {
-        self.fake
-            .get("", "configmaps", Some(NAMESPACE), "spotguard-ledger")
-            .and_then(|cm| cm["data"]["ledger.json"].as_str().map(str::to_string))
+    pub async fn ledger(&self) -> Ledger {
+        self.configmap(LEDGER)
+            .await
+            .and_then(|cm| cm.data.and_then(|mut d| d.remove("ledger.json")))
             .map(|text| serde_json::from_str(&text).expect("ledger JSON"))
             .unwrap_or_default()
     }
 
-    /// `count` running pods of ReplicaSet `app` on `node`.
-    pub fn add_pods(&self, app: &str, node: &str, count: usize) {
-        for i in 0..count {
-            self.fake.create(
-                PodBuilder::new("shop", &format!("{app}-{node}-{i}"), node)
-                    .owned_by("ReplicaSet", app)
-                    .label("app", app)
-                    .build(),
-            );
-        }
+    /// A ConfigMap of this world's namespace.
+    pub async fn configmap(&self, name: &str) -> Option<ConfigMap> {
+        Api::<ConfigMap>::namespaced(self.admin(), &self.namespace)
+            .get_opt(name)
+            .await
+            .unwrap_or_else(|e| panic!("reading ConfigMap {name}: {e}"))
     }
 
-    /// Waits, polling every 100ms, until `check` holds; panics after `limit`.
-    pub async fn eventually(&self, what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
-        let started = Instant::now();
-        while !check() {
-            assert!(
-                started.elapsed() < limit,
-                "timed out after {limit:?} waiting for {what}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    /// A Lease of this world's namespace.
+    pub async fn lease(&self, name: &str) -> Option<Lease> {
+        Api::<Lease>::namespaced(self.admin(), &self.namespace)
+            .get_opt(name)
+            .await
+            .unwrap_or_else(|e| panic!("reading Lease {name}: {e}"))
+    }
+
+    /// Every Lease of this world's namespace.
+    pub async fn leases(&self) -> Vec<Lease> {
+        Api::<Lease>::namespaced(self.admin(), &self.namespace)
+            .list(&ListParams::default())
+            .await
+            .expect("listing Leases")
+            .items
+    }
+
+    /// The pods bound to `node` (any phase, terminating ones too).
+    pub async fn pods_on(&self, node: &str) -> Vec<Pod> {
+        Api::<Pod>::all(self.admin())
+            .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
+            .await
+            .expect("listing pods")
+            .items
+    }
+
+    /// The pods of this world labelled `app=<app>`.
+    pub async fn app_pods(&self, app: &str) -> Vec<Pod> {
+        Api::<Pod>::namespaced(self.admin(), &self.namespace)
+            .list(&ListParams::default().labels(&format!("app={app}")))
+            .await
+            .expect("listing pods")
+            .items
+    }
+
+    /// Events (events.k8s.io) about `node`: `(reason, note)`.
+    pub async fn node_events(&self, node: &str) -> Vec<(String, String)> {
+        Api::<Event>::namespaced(self.admin(), "default")
+            .list(&ListParams::default().fields(&format!("regarding.name={node}")))
+            .await
+            .expect("listing Events")
+            .items
+            .into_iter()
+            .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+            .collect()
+    }
+
+    /// Creates a namespaced object of this world, given as JSON, as the administrator.
+    pub async fn create<K>(&self, object: Value) -> K
+    where
+        K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+            + Clone
+            + std::fmt::Debug
+            + serde::de::DeserializeOwned
+            + serde::Serialize,
+        K::DynamicType: Default,
+    {
+        let typed: K = serde_json::from_value(object.clone())
+            .unwrap_or_else(|e| panic!("{object} is not a valid object: {e}"));
+        Api::<K>::namespaced(self.admin(), &self.namespace)
+            .create(&PostParams::default(), &typed)
+            .await
+            .unwrap_or_else(|e| panic!("creating {object}: {e}"))
+    }
+
+    /// `count` Running and Ready pods of app `app` on `node`, owned by a ReplicaSet of their
+    /// own that takes them over (so an evicted one is recreated, and scheduled on another node
+    /// of the world).
+    pub async fn add_pods(&self, app: &str, node: &str, count: usize) {
+        let set = unique_name(&format!("{app}-{node}"));
+        let labels = json!({"app": app, "set": set});
+        for i in 0..count {
+            let mut pod = pod_spec(&self.namespace);
+            pod["metadata"] = json!({"name": format!("{set}-{i}"), "labels": labels});
+            pod["spec"]["nodeName"] = json!(node);
+            self.create::<Pod>(pod).await;
         }
+        let set_pods = || async {
+            Api::<Pod>::namespaced(self.admin(), &self.namespace)
+                .list(&ListParams::default().labels(&format!("set={set}")))
+                .await
+                .expect("listing pods")
+                .items
+        };
+        eventually(
+            &format!("{count} pods of {set} Ready"),
+            Duration::from_secs(60),
+            || async { set_pods().await.iter().filter(|p| pod_is_ready(p)).count() == count },
+        )
+        .await;
+        let mut template = pod_spec(&self.namespace);
+        template["metadata"] = json!({"labels": labels});
+        template["spec"]["nodeSelector"] = json!({POOL_LABEL: self.namespace});
+        self.create::<k8s_openapi::api::apps::v1::ReplicaSet>(json!({
+            "apiVersion": "apps/v1",
+            "kind": "ReplicaSet",
+            "metadata": {"name": set, "labels": labels},
+            "spec": {
+                "replicas": count,
+                "selector": {"matchLabels": {"set": set}},
+                "template": template,
+            },
+        }))
+        .await;
+        eventually(
+            &format!("the pods of {set} adopted"),
+            Duration::from_secs(60),
+            || async {
+                let pods = set_pods().await;
+                pods.len() == count
+                    && pods.iter().all(|p| {
+                        p.metadata.owner_references.as_ref().is_some_and(|o| {
+                            o.iter().any(|o| o.kind == "ReplicaSet" && o.name == set)
+                        })
+                    })
+            },
+        )
+        .await;
+    }
+
+    /// Pods `names` of app `app` on `node`, owned by a `Database` of the world's namespace: a
+    /// custom resource whose operator is not running, so nothing recreates an evicted one (as
+    /// with any operator while it is down).
+    pub async fn add_database_pods(&self, app: &str, node: &str, names: &[&str]) {
+        let owner = database(self.cp, &self.namespace, app).await;
+        for name in names {
+            let mut pod = pod_spec(&self.namespace);
+            pod["metadata"] = json!({
+                "name": name,
+                "labels": {"app": app},
+                "ownerReferences": [owner],
+            });
+            pod["spec"]["nodeName"] = json!(node);
+            self.create::<Pod>(pod).await;
+        }
+        eventually(
+            &format!("the {app} pods Ready"),
+            Duration::from_secs(60),
+            || async {
+                let pods = self.app_pods(app).await;
+                names.iter().all(|n| {
+                    pods.iter()
+                        .any(|p| p.metadata.name.as_deref() == Some(*n) && pod_is_ready(p))
+                })
+            },
+        )
+        .await;
+    }
+
+    /// A PodDisruptionBudget over app `app` keeping `min_available` pods, once the disruption
+    /// controller has computed its status.
+    pub async fn add_pdb(&self, app: &str, min_available: i32) {
+        use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+        self.create::<PodDisruptionBudget>(json!({
+            "apiVersion": "policy/v1",
+            "kind": "PodDisruptionBudget",
+            "metadata": {"name": app},
+            "spec": {"minAvailable": min_available, "selector": {"matchLabels": {"app": app}}},
+        }))
+        .await;
+        let pdbs: Api<PodDisruptionBudget> = Api::namespaced(self.admin(), &self.namespace);
+        eventually(
+            &format!("the status of PDB {app}"),
+            Duration::from_secs(60),
+            || async {
+                pdbs.get(app).await.ok().is_some_and(|p| {
+                    p.status.is_some_and(|s| {
+                        s.observed_generation.is_some() && s.current_healthy >= Some(min_available)
+                    })
+                })
+            },
+        )
+        .await;
     }
 
     /// Waits until the group satisfies `check`.
@@ -189,7 +425,8 @@ impl World {
     }
 
     /// Writes the shared configuration file and returns its path. `extra` is appended to
-    /// the `[daemon]` table.
+    /// the `[daemon]` table. Its kubeconfig is the controller's; [`World::spawn`] gives each
+    /// process its own role's on the command line.
     pub fn config(&self, extra: &str) -> PathBuf {
         let path = self.dir.path().join("spotguard.toml");
         let text = format!(
@@ -208,7 +445,7 @@ cleanup_interval = "1m"
 timeout = "30s"
 
 [daemon]
-namespace = "{NAMESPACE}"
+namespace = "{namespace}"
 aws_endpoint = "{aws}"
 aws_region = "us-east-1"
 aws_max_attempts = 2
@@ -219,15 +456,24 @@ startup_timeout = "20s"
 log_level = "info"
 {extra}
 "#,
+            namespace = self.namespace,
             aws = self.proxy.url(),
-            kubeconfig = self.kubectl.kubeconfig().display(),
+            kubeconfig = self.controller.kubeconfig.display(),
         );
         std::fs::write(&path, text).expect("write configuration");
         path
     }
 
-    /// Starts `spotguard run --config <config> --role <role>` with `args`; an agent gets
-    /// `imds`'s endpoint and a state file.
+    /// How `role` reaches the API server.
+    pub fn access(&self, role: &str) -> &Access {
+        match role {
+            "agent" => &self.agent,
+            _ => &self.controller,
+        }
+    }
+
+    /// Starts `spotguard run --config <config> --role <role>` with `args`, as its role's
+    /// ServiceAccount; an agent gets `imds`'s endpoint and a state file.
     pub fn spawn(
         &self,
         name: &str,
@@ -245,6 +491,8 @@ log_level = "info"
             .arg("--config")
             .arg(&config)
             .args(["--role", role])
+            .arg("--kubeconfig")
+            .arg(&self.access(role).kubeconfig)
             .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
             .args(args);
         if let Some(imds) = imds {
@@ -297,11 +545,16 @@ log_level = "info"
         out["AutoScalingGroups"][0].clone()
     }
 
-    /// `kubectl <args>` against the fake, as JSON (`-o json` is added).
+    /// `kubectl <args>` (the kubectl of the control plane's release, as the administrator), as
+    /// JSON (`-o json` is added).
     pub async fn kubectl_json(&self, args: &[&str]) -> Value {
-        let mut all = args.to_vec();
-        all.extend(["-o", "json"]);
-        let out = self.kubectl.run(&all).await;
+        let mut command = Command::from(self.cp.kubectl());
+        let out = command
+            .args(args)
+            .args(["-o", "json"])
+            .output()
+            .await
+            .expect("run kubectl");
         assert!(
             out.status.success(),
             "kubectl {args:?} failed: {}",
@@ -310,23 +563,173 @@ log_level = "info"
         serde_json::from_slice(&out.stdout).expect("kubectl prints JSON")
     }
 
-    /// Requests to the fake that change something (anything but GET).
+    /// Every request of the daemons to the API server: `(method, path, status)`, agents' first.
+    pub fn api_requests(&self) -> Vec<(String, String, u16)> {
+        let mut all = self.agent.api.requests();
+        all.extend(self.controller.api.requests());
+        all
+    }
+
+    /// Requests of the daemons that change something (anything but GET).
     pub fn writes_to_kubernetes(&self) -> Vec<(String, String, u16)> {
-        self.fake
-            .requests()
+        self.api_requests()
             .into_iter()
             .filter(|(method, _, _)| method != "GET")
             .collect()
     }
 }
 
-/// The stand-in kubelet and cloud controller: a Ready node per instance of the groups, NotReady
-/// once the instance is gone.
-async fn kubelet(
+impl Access {
+    async fn start(cp: &ControlPlane, namespace: &str, account: &str) -> Access {
+        let api = ApiFaultProxy::start(cp).await;
+        let token = cp.service_account_token(namespace, account).await;
+        let kubeconfig = cp.write_kubeconfig_for(&api.url(), &token);
+        Access {
+            api,
+            kubeconfig,
+            account: account.to_string(),
+        }
+    }
+}
+
+/// Renders the chart's ServiceAccounts and RBAC for `release` in `namespace` with the real
+/// `helm template`, and applies them as the administrator.
+async fn install_rbac(cp: &ControlPlane, release: &str, namespace: &str) {
+    let mut template = Command::from(cp.helm());
+    let out = template
+        .args(["template", release])
+        .arg(chart::chart_dir())
+        .args(["--namespace", namespace])
+        .args(["--show-only", "templates/rbac.yaml"])
+        .args(["--show-only", "templates/serviceaccount.yaml"])
+        .output()
+        .await
+        .expect("run helm");
+    assert!(
+        out.status.success(),
+        "helm template of the RBAC failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut apply = Command::from(cp.kubectl());
+    let mut child = apply
+        .args(["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run kubectl");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(&out.stdout)
+        .await
+        .expect("write the manifests");
+    let applied = child.wait_with_output().await.expect("kubectl apply");
+    assert!(
+        applied.status.success(),
+        "kubectl apply of the chart's RBAC failed: {}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+}
+
+/// The pod every workload of the tests runs: small requests, a grace period its kwok kubelet
+/// honours.
+fn pod_spec(namespace: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"namespace": namespace},
+        "spec": {
+            "terminationGracePeriodSeconds": 5,
+            "containers": [{
+                "name": "app",
+                "image": "registry.invalid/app:1",
+                "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
+            }],
+        },
+    })
+}
+
+/// The API group of the tests' `Database` custom resource.
+const DATABASE_GROUP: &str = "testing.spotguard.dev";
+
+/// Creates `Database` `name` in `namespace` (and its CustomResourceDefinition, once) and returns
+/// a controller ownerReference to it.
+async fn database(cp: &ControlPlane, namespace: &str, name: &str) -> Value {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+    let crds: Api<CustomResourceDefinition> = Api::all(cp.admin_client());
+    let crd_name = format!("databases.{DATABASE_GROUP}");
+    let crd: CustomResourceDefinition = serde_json::from_value(json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": crd_name},
+        "spec": {
+            "group": DATABASE_GROUP,
+            "scope": "Namespaced",
+            "names": {"plural": "databases", "singular": "database", "kind": "Database"},
+            "versions": [{
+                "name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {
+                    "type": "object", "x-kubernetes-preserve-unknown-fields": true,
+                }},
+            }],
+        },
+    }))
+    .expect("a CustomResourceDefinition");
+    match crds.create(&PostParams::default(), &crd).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => panic!("creating the Database CustomResourceDefinition: {e}"),
+    }
+    let gvk = GroupVersionKind::gvk(DATABASE_GROUP, "v1", "Database");
+    let resource = ApiResource::from_gvk_with_plural(&gvk, "databases");
+    let databases: Api<DynamicObject> =
+        Api::namespaced_with(cp.admin_client(), namespace, &resource);
+    let object: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": format!("{DATABASE_GROUP}/v1"),
+        "kind": "Database",
+        "metadata": {"name": name},
+    }))
+    .expect("a Database");
+    let created = spotguard_testkit_k8s::eventually(
+        Duration::from_secs(60),
+        "the Database resource served",
+        || async {
+            match databases.create(&PostParams::default(), &object).await {
+                Ok(created) => Some(created),
+                Err(kube::Error::Api(e)) if e.code == 409 => Some(
+                    databases
+                        .get(name)
+                        .await
+                        .unwrap_or_else(|e| panic!("reading Database {namespace}/{name}: {e}")),
+                ),
+                Err(kube::Error::Api(e)) if e.code == 404 => None,
+                Err(e) => panic!("creating Database {namespace}/{name}: {e}"),
+            }
+        },
+    )
+    .await;
+    json!({
+        "apiVersion": format!("{DATABASE_GROUP}/v1"),
+        "kind": "Database",
+        "name": name,
+        "uid": created.metadata.uid,
+        "controller": true,
+    })
+}
+
+/// The cloud's node lifecycle: a kwok Node per InService instance of the groups (labelled with
+/// its capacity type, the zone and the world's pool), deleted once the instance has left.
+async fn bridge(
     moto: Arc<MotoServer>,
-    fake: Arc<FakeApiServer>,
+    cp: &'static ControlPlane,
+    pool: String,
     groups: Vec<(String, &'static str)>,
+    departed: Departed,
 ) {
+    let nodes: Api<Node> = Api::all(cp.admin_client());
     let mut known: BTreeSet<String> = BTreeSet::new();
     loop {
         let mut present = BTreeSet::new();
@@ -334,20 +737,42 @@ async fn kubelet(
             let g = moto.group(group).await;
             for i in g.instances.iter().filter(|i| i.is_serving()) {
                 present.insert(i.id.clone());
-                if known.insert(i.id.clone())
-                    && fake.get("", "nodes", None, &node_name(&i.id)).is_none()
-                {
-                    fake.create(node(&node_name(&i.id), &i.id, capacity));
+                if known.contains(&i.id) {
+                    continue;
+                }
+                let node = NodeBuilder::new(&node_name(&i.id))
+                    .provider_id(&format!("aws:///{ZONE}/{}", i.id))
+                    .label("eks.amazonaws.com/capacityType", capacity)
+                    .label("topology.kubernetes.io/zone", ZONE)
+                    .label(POOL_LABEL, &pool)
+                    .build();
+                match nodes.create(&PostParams::default(), &node).await {
+                    Ok(_) => {
+                        known.insert(i.id.clone());
+                    }
+                    Err(kube::Error::Api(e)) if e.code == 409 => {
+                        known.insert(i.id.clone());
+                    }
+                    Err(e) => eprintln!("bridge: registering the node of {}: {e}", i.id),
                 }
             }
         }
         for gone in known.difference(&present).cloned().collect::<Vec<_>>() {
-            known.remove(&gone);
-            if fake.get("", "nodes", None, &node_name(&gone)).is_some() {
-                fake.modify("", "nodes", None, &node_name(&gone), |n| {
-                    n["status"]["conditions"] =
-                        json!([{"type": "Ready", "status": "False", "reason": "InstanceTerminated"}]);
-                });
+            // Its last state first: the instance is gone, nothing writes to it any more.
+            if let Ok(Some(node)) = nodes.get_opt(&node_name(&gone)).await {
+                departed.lock().unwrap().insert(node_name(&gone), node);
+            }
+            match nodes
+                .delete(&node_name(&gone), &DeleteParams::default())
+                .await
+            {
+                Ok(_) => {
+                    known.remove(&gone);
+                }
+                Err(kube::Error::Api(e)) if e.code == 404 => {
+                    known.remove(&gone);
+                }
+                Err(e) => eprintln!("bridge: deleting the node of {gone}: {e}"),
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -551,14 +976,18 @@ pub async fn fallback_given_back(world: &World, fallback: &Fallback, what: &str)
             g.desired == 1 && !g.holds(&fallback.on_demand)
         })
         .await;
-    world
-        .eventually("the ledger entry released", Duration::from_secs(30), || {
+    eventually(
+        "the ledger entry released",
+        Duration::from_secs(30),
+        || async {
             world
                 .ledger()
+                .await
                 .get(&fallback.entry)
                 .is_some_and(|e| e.state == EntryState::Released)
-        })
-        .await;
+        },
+    )
+    .await;
 }
 
 /// A rebalance notice for `at_risk` while spot launches fail: the agent raises the spot group,
@@ -599,22 +1028,23 @@ pub async fn reach_fallback(world: &World, imds: &ImdsServer, at_risk: &str) -> 
         .into_iter()
         .find(|i| !before.contains(i))
         .expect("moto launched the fallback instance");
-    let mut entry = String::new();
-    world
-        .eventually("the fallback recorded with its instance", limit, || {
-            let ledger = world.ledger();
-            match ledger.entries.iter().find(|e| {
-                e.kind == spotguard_core::ledger::EntryKind::Fallback
-                    && e.instance.as_deref() == Some(on_demand.as_str())
-            }) {
-                Some(e) => {
-                    entry = e.id.clone();
-                    true
-                }
-                None => false,
-            }
-        })
-        .await;
+    let entry = spotguard_testkit_k8s::eventually(
+        limit,
+        "the fallback recorded with its instance",
+        || async {
+            world
+                .ledger()
+                .await
+                .entries
+                .iter()
+                .find(|e| {
+                    e.kind == spotguard_core::ledger::EntryKind::Fallback
+                        && e.instance.as_deref() == Some(on_demand.as_str())
+                })
+                .map(|e| e.id.clone())
+        },
+    )
+    .await;
     world
         .group_until(SPOT, "the spot pre-scale paid back", limit, |g| {
             g.desired == spot_before.desired && !g.holds(at_risk)
