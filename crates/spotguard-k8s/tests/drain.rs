@@ -1,34 +1,28 @@
 //! Drain through the Eviction API: PDBs respected (never violated, waited for, named when
 //! they block), DaemonSet/mirror/finished pods skipped, local-storage and unmanaged pods
-//! handled like `kubectl drain`, 5xx retried, grace period override.
+//! handled like `kubectl drain`, 5xx retried, grace period override, a bound on evictions in
+//! flight.
 //!
 //! On the real control plane of spotguard-testkit-k8s: the eviction API answers from the
 //! PodDisruptionBudgets' status as the disruption controller computes it, ReplicaSets replace
 //! evicted pods, the scheduler places the replacements, and kwok (playing the kubelets of the
-//! tests' nodes) makes pods Ready and completes graceful deletions. Each test works in
-//! namespaces and on nodes of its own. What only the fake can show stays on the fake, at the
-//! end of the file.
+//! tests' nodes) makes pods Ready and completes graceful deletions. Server errors and slow
+//! eviction answers come from the fault proxy in front of the API server. Each test works in
+//! namespaces and on nodes of its own.
 
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{name_of, node_of, pod_is_ready, Recorder, WAIT};
-use futures::TryStreamExt as _;
-use k8s_openapi::api::apps::v1::{DaemonSet, ReplicaSet};
-use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Node, Pod};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{ListParams, Patch, PatchParams};
-use kube::runtime::watcher;
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use serde_json::json;
 use spotguard_core::config::DrainOptions;
 use spotguard_core::ports::{Cluster, ClusterError, PodOutcome, SkipReason};
-use spotguard_k8s::testing::{node, FakeApiServer, FakeConfig, PodBuilder};
 use spotguard_k8s::KubeCluster;
 use spotguard_testkit_k8s::eventually;
 
@@ -68,26 +62,8 @@ impl Fixture {
         let old = common::create_node("old", Some(&pool)).await;
         let pods: Api<Pod> = Api::namespaced(cp.admin_client(), &ns);
 
-        let _: DaemonSet = common::create(
-            &ns,
-            json!({
-                "apiVersion": "apps/v1",
-                "kind": "DaemonSet",
-                "metadata": {"name": "proxy"},
-                "spec": {
-                    "selector": {"matchLabels": {"app": "proxy"}},
-                    "template": {
-                        "metadata": {"labels": {"app": "proxy"}},
-                        "spec": {
-                            "nodeSelector": {"kubernetes.io/hostname": old},
-                            "containers": [{"name": "proxy", "image": "registry.invalid/proxy:1"}],
-                        },
-                    },
-                },
-            }),
-        )
-        .await;
-        Self::mirror_pod(&ns, &old).await;
+        common::daemon_set_on(&ns, "proxy", &old).await;
+        common::mirror_pod(&ns, &old).await;
         if replicas > 0 {
             let _: ReplicaSet =
                 common::create(&ns, common::replica_set("web", &pool, replicas)).await;
@@ -109,52 +85,13 @@ impl Fixture {
         }
     }
 
-    /// The mirror pod of a static pod on `node`, as the kubelet would create it: the mirror
-    /// annotation, owned by the Node.
-    async fn mirror_pod(ns: &str, node: &str) {
-        let uid = Api::<Node>::all(common::control_plane().admin_client())
-            .get(node)
-            .await
-            .expect("the node")
-            .metadata
-            .uid
-            .expect("a uid");
-        let _: Pod = common::create(
-            ns,
-            json!({
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {
-                    "name": format!("etcd-{node}"),
-                    "annotations": {"kubernetes.io/config.mirror": "hash"},
-                    "ownerReferences": [{
-                        "apiVersion": "v1", "kind": "Node", "name": node, "uid": uid,
-                        "controller": true,
-                    }],
-                },
-                "spec": {
-                    "nodeName": node,
-                    "containers": [{"name": "etcd", "image": "registry.invalid/etcd:1"}],
-                },
-            }),
-        )
-        .await;
-    }
-
     fn key(&self, pod: &str) -> String {
         format!("{}/{pod}", self.ns)
     }
 
     /// The pods now bound to the old node: `name → uid`.
     async fn on_old(&self) -> BTreeMap<String, String> {
-        let all: Api<Pod> = Api::all(common::control_plane().admin_client());
-        all.list(&ListParams::default().fields(&format!("spec.nodeName={}", self.old)))
-            .await
-            .expect("listing pods")
-            .items
-            .into_iter()
-            .map(|p| (name_of(&p), p.metadata.uid.clone().unwrap_or_default()))
-            .collect()
+        common::pods_on_node(&self.old).await
     }
 
     async fn web_names(&self) -> Vec<String> {
@@ -180,122 +117,12 @@ impl Fixture {
     }
 }
 
-/// A PDB named `name` over app `app` with this spec (`minAvailable` / `maxUnavailable`), and
-/// a wait until the disruption controller has computed its status for `healthy` pods.
-async fn pdb(ns: &str, name: &str, app: &str, spec: serde_json::Value, healthy: i32) {
-    let mut spec = spec;
-    spec["selector"] = json!({"matchLabels": {"app": app}});
-    let _: PodDisruptionBudget = common::create(
-        ns,
-        json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": name}, "spec": spec}),
-    )
-    .await;
-    let budgets: Api<PodDisruptionBudget> =
-        Api::namespaced(common::control_plane().admin_client(), ns);
-    eventually(
-        WAIT,
-        "the disruption controller to observe the PDB",
-        || async {
-            let pdb = budgets.get(name).await.expect("reading the PDB");
-            let status = pdb.status?;
-            (status.observed_generation == pdb.metadata.generation
-                && status.current_healthy == Some(healthy))
-            .then_some(())
-        },
-    )
-    .await;
-}
-
-/// Watches the pods of an app and records, in the order the API server's watch reports
-/// changes: the fewest Ready pods at any moment, and how many were Ready just before each
-/// pod began terminating.
-struct ReadyWatch {
-    low_water: Arc<AtomicUsize>,
-    before_each_eviction: Arc<Mutex<Vec<usize>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl ReadyWatch {
-    async fn start(pods: &Api<Pod>, app: &str) -> Self {
-        let low_water = Arc::new(AtomicUsize::new(usize::MAX));
-        let before_each_eviction = Arc::new(Mutex::new(Vec::new()));
-        let synced = Arc::new(tokio::sync::Notify::new());
-        let (low, before, ready_now) = (
-            low_water.clone(),
-            before_each_eviction.clone(),
-            synced.clone(),
-        );
-        let stream = watcher(
-            pods.clone(),
-            watcher::Config::default().labels(&format!("app={app}")),
-        );
-        let task = tokio::spawn(async move {
-            let mut stream = std::pin::pin!(stream);
-            let mut state: BTreeMap<String, Pod> = BTreeMap::new();
-            let mut init: BTreeMap<String, Pod> = BTreeMap::new();
-            let mut live = false;
-            let ready =
-                |state: &BTreeMap<String, Pod>| state.values().filter(|p| pod_is_ready(p)).count();
-            while let Ok(Some(event)) = stream.try_next().await {
-                match event {
-                    watcher::Event::Init => init.clear(),
-                    watcher::Event::InitApply(p) => {
-                        init.insert(name_of(&p), p);
-                    }
-                    watcher::Event::InitDone => {
-                        state = std::mem::take(&mut init);
-                        if !live {
-                            live = true;
-                            ready_now.notify_one();
-                        }
-                    }
-                    watcher::Event::Apply(p) => {
-                        let was_running = state
-                            .get(&name_of(&p))
-                            .is_some_and(|old| old.metadata.deletion_timestamp.is_none());
-                        if was_running && p.metadata.deletion_timestamp.is_some() {
-                            before.lock().unwrap().push(ready(&state));
-                        }
-                        state.insert(name_of(&p), p);
-                    }
-                    watcher::Event::Delete(p) => {
-                        if state
-                            .get(&name_of(&p))
-                            .is_some_and(|old| old.metadata.deletion_timestamp.is_none())
-                        {
-                            before.lock().unwrap().push(ready(&state));
-                        }
-                        state.remove(&name_of(&p));
-                    }
-                }
-                if live {
-                    low.fetch_min(ready(&state), Ordering::SeqCst);
-                }
-            }
-        });
-        tokio::time::timeout(WAIT, synced.notified())
-            .await
-            .expect("the watch lists the pods");
-        Self {
-            low_water,
-            before_each_eviction,
-            task,
-        }
-    }
-
-    fn stop(self) -> (usize, Vec<usize>) {
-        self.task.abort();
-        let before = self.before_each_eviction.lock().unwrap().clone();
-        (self.low_water.load(Ordering::SeqCst), before)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pdb_blocks_then_allows_and_is_never_violated() {
     let fx = Fixture::start("drain-pdb", 3).await;
-    pdb(&fx.ns, "web-pdb", "web", json!({"minAvailable": 2}), 3).await;
+    common::pdb(&fx.ns, "web-pdb", "web", json!({"minAvailable": 2}), 3).await;
     fx.cluster.set_unschedulable(&fx.old, true).await.unwrap();
-    let watch = ReadyWatch::start(&fx.pods, "web").await;
+    let watch = common::ReadyWatch::start(&fx.pods, "web").await;
     let before = fx.web_names().await;
 
     let report = fx
@@ -346,7 +173,7 @@ async fn pdb_blocks_then_allows_and_is_never_violated() {
 #[tokio::test]
 async fn blocked_pods_are_reported_with_their_pdb_on_timeout() {
     let fx = Fixture::start("drain-blocked", 2).await;
-    pdb(&fx.ns, "web-pdb", "web", json!({"maxUnavailable": 0}), 2).await;
+    common::pdb(&fx.ns, "web-pdb", "web", json!({"maxUnavailable": 0}), 2).await;
     let on_old = fx.on_old().await;
     let report = fx
         .cluster
@@ -374,59 +201,11 @@ async fn blocked_pods_are_reported_with_their_pdb_on_timeout() {
     assert!(evictions.iter().all(|(_, c)| *c == 429), "{evictions:?}");
 }
 
-/// A Job's pod on `node` that ran and finished in `phase` (`Succeeded` or `Failed`), as a
-/// kubelet reports it; kwok leaves finished pods alone.
-async fn finished_job_pod(ns: &str, job: &str, node: &str, phase: &str, empty_dir: bool) -> String {
-    let mut spec = json!({
-        "restartPolicy": "Never",
-        "nodeSelector": {"kubernetes.io/hostname": node},
-        "containers": [{"name": "job", "image": "registry.invalid/job:1"}],
-    });
-    if empty_dir {
-        spec["volumes"] = json!([{"name": "scratch", "emptyDir": {}}]);
-        spec["containers"][0]["volumeMounts"] =
-            json!([{"name": "scratch", "mountPath": "/scratch"}]);
-    }
-    let _: Job = common::create(
-        ns,
-        json!({
-            "apiVersion": "batch/v1",
-            "kind": "Job",
-            "metadata": {"name": job},
-            "spec": {"backoffLimit": 0, "template": {"metadata": {"labels": {"app": job}}, "spec": spec}},
-        }),
-    )
-    .await;
-    let pods: Api<Pod> = Api::namespaced(common::control_plane().admin_client(), ns);
-    let pod = common::wait_for_ready_pods(&pods, job, 1).await.remove(0);
-    let name = name_of(&pod);
-    let now = k8s_openapi::jiff::Timestamp::now().to_string();
-    let exit_code = if phase == "Succeeded" { 0 } else { 1 };
-    pods.patch_status(
-        &name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"status": {
-            "phase": phase,
-            "containerStatuses": [{
-                "name": "job", "image": "registry.invalid/job:1", "imageID": "",
-                "ready": false, "started": false, "restartCount": 0,
-                "state": {"terminated": {
-                    "exitCode": exit_code, "reason": if exit_code == 0 { "Completed" } else { "Error" },
-                    "startedAt": now, "finishedAt": now,
-                }},
-            }],
-        }})),
-    )
-    .await
-    .expect("finishing the Job's pod");
-    name
-}
-
 #[tokio::test]
 async fn daemonset_mirror_and_finished_pods_stay() {
     let fx = Fixture::start("drain-skip", 1).await;
-    let done = finished_job_pod(&fx.ns, "nightly-done", &fx.old, "Succeeded", false).await;
-    let failed = finished_job_pod(&fx.ns, "nightly-failed", &fx.old, "Failed", true).await;
+    let done = common::finished_job_pod(&fx.ns, "nightly-done", &fx.old, "Succeeded", false).await;
+    let failed = common::finished_job_pod(&fx.ns, "nightly-failed", &fx.old, "Failed", true).await;
     fx.cluster.set_unschedulable(&fx.old, true).await.unwrap();
     let web = fx.web_names().await.remove(0);
     let proxy = name_of(&common::app_pods(&fx.pods, "proxy").await[0]);
@@ -709,55 +488,45 @@ async fn server_errors_are_retried() {
     assert_eq!(proxy.injected("POST", "/pods/app/eviction"), 2);
 }
 
-// ---------------------------------------------------------------------------------------------
-// Still on the fake (`spotguard_k8s::testing::FakeApiServer`): the bound on evictions in
-// flight at once, which only the fake counts, with an eviction latency it adds
-// (`eviction_latency`, `max_evictions_in_flight`); the fault proxy does not count requests in
-// flight yet.
-// ---------------------------------------------------------------------------------------------
-
+/// At most `concurrency` evictions are in flight at once, and the drain keeps that many
+/// going: counted at the fault proxy, which holds every eviction a while before the API
+/// server answers it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrency_bounds_evictions_in_flight_on_the_fake() {
-    let fake = FakeApiServer::start_with(FakeConfig {
-        eviction_latency: Duration::from_millis(50),
-        ..FakeConfig::default()
-    })
-    .await;
-    fake.create(node("old", "i-old", "SPOT"));
-    for i in 0..20 {
-        fake.create(
-            PodBuilder::new("shop", &format!("p-{i}"), "old")
-                .owned_by("ReplicaSet", "web")
-                .label("app", "web")
-                .build(),
-        );
-    }
-    let cluster = common::cluster(&fake).await;
-    cluster.set_unschedulable("old", true).await.unwrap();
+async fn concurrency_bounds_evictions_in_flight() {
+    let common::Web { ns, node: old, .. } = common::Web::start("drain-in-flight", "old", 12).await;
+    let proxy = spotguard_testkit_k8s::ApiFaultProxy::start(common::control_plane()).await;
+    let cluster = common::proxied_cluster(&proxy, common::options()).await;
+    // Cordoned, and no other node in the pool: the replacements stay Pending.
+    cluster.set_unschedulable(&old, true).await.unwrap();
+    let evictions = format!("/api/v1/namespaces/{ns}/pods/");
+    proxy.add(spotguard_testkit_k8s::ApiRule::delay(
+        "POST",
+        &evictions,
+        Duration::from_secs(1),
+    ));
+
     let report = cluster
         .drain(
-            "old",
+            &old,
             &DrainOptions {
                 concurrency: 3,
-                ..options(Duration::from_secs(10))
+                ..options(WAIT)
             },
         )
         .await
         .unwrap();
-    assert_eq!(report.evicted(), 20);
-    assert!(fake.pods_on("old").is_empty());
+    assert!(report.is_complete(), "{:?}", report.remaining());
+    assert_eq!(report.evicted(), 12);
+    assert!(common::pods_on_node(&old).await.is_empty());
+    let sent = proxy
+        .requests()
+        .into_iter()
+        .filter(|(m, p, _)| m == "POST" && p.starts_with(&evictions) && p.ends_with("/eviction"))
+        .count();
+    assert_eq!(sent, 12, "one eviction per pod: {:?}", proxy.requests());
     assert_eq!(
-        fake.max_evictions_in_flight(),
+        proxy.max_in_flight("POST", &evictions),
         3,
         "three evictions at a time, no more, no fewer"
-    );
-    assert_eq!(
-        cluster
-            .drain("ghost", &options(Duration::from_secs(1)))
-            .await
-            .unwrap_err(),
-        ClusterError::UnknownNode {
-            node: "ghost".into()
-        }
     );
 }

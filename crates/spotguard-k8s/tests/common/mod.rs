@@ -1,4 +1,5 @@
-//! Shared setup of the integration tests.
+//! Shared setup of the integration tests: the real control plane of spotguard-testkit-k8s,
+//! workloads on it, and clients that record their requests.
 #![allow(dead_code)]
 
 use std::time::Duration;
@@ -79,14 +80,23 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use futures::future::BoxFuture;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::ListParams;
+use futures::TryStreamExt as _;
+use k8s_openapi::api::apps::v1::{DaemonSet, ReplicaSet};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::client::{Body, ClientBuilder};
+use kube::runtime::watcher;
 use kube::Api;
 #[allow(unused_imports)]
 pub use spotguard_testkit_k8s::{
-    pod_is_ready, unique_name, ControlPlane, NodeBuilder, POD_DELETE_DELAY_ANNOTATION,
+    pod_is_ready, unique_name, ApiFaultProxy, ControlPlane, NodeBuilder,
+    POD_DELETE_DELAY_ANNOTATION,
 };
 
 /// Generous bound for the real control plane's asynchronous work (scheduling, kwok, the
@@ -183,6 +193,45 @@ where
         .unwrap_or_else(|e| panic!("creating {object}: {e}"))
 }
 
+/// A pod with no controller: bound to `node`, or, with `None`, waiting for a scheduler that
+/// does not exist (never bound).
+pub async fn bare_pod(ns: &str, name: &str, node: Option<&str>) -> Pod {
+    let mut spec = json!({"containers": [{"name": "app", "image": "registry.invalid/app:1"}]});
+    match node {
+        Some(node) => spec["nodeName"] = json!(node),
+        None => spec["schedulerName"] = json!("spotguard-test-no-scheduler"),
+    }
+    create(
+        ns,
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}),
+    )
+    .await
+}
+
+/// A namespace of its own, a node of its pool, and ReplicaSet `web` running on that node.
+pub struct Web {
+    /// The namespace, also the name of the node's pool.
+    pub ns: String,
+    /// The node.
+    pub node: String,
+    /// The namespace's pods.
+    pub pods: Api<Pod>,
+}
+
+impl Web {
+    /// A namespace named after `prefix`, a node named after `node_prefix` in its pool, and
+    /// `replicas` Ready pods of ReplicaSet `web` (app=web) on it.
+    pub async fn start(prefix: &str, node_prefix: &str, replicas: i32) -> Self {
+        let cp = control_plane();
+        let ns = cp.create_namespace(prefix).await;
+        let node = create_node(node_prefix, Some(&ns)).await;
+        let pods: Api<Pod> = Api::namespaced(cp.admin_client(), &ns);
+        let _: ReplicaSet = create(&ns, replica_set("web", &ns, replicas)).await;
+        wait_for_ready_pods(&pods, "web", replicas as usize).await;
+        Self { ns, node, pods }
+    }
+}
+
 /// The pods of `namespace` labelled `app=<app>`.
 pub async fn app_pods(pods: &Api<Pod>, app: &str) -> Vec<Pod> {
     pods.list(&ListParams::default().labels(&format!("app={app}")))
@@ -208,6 +257,247 @@ pub fn name_of(pod: &Pod) -> String {
 /// The node a pod is bound to.
 pub fn node_of(pod: &Pod) -> Option<String> {
     pod.spec.as_ref().and_then(|s| s.node_name.clone())
+}
+
+/// The pods now bound to `node`, in any namespace: `name → uid`.
+pub async fn pods_on_node(node: &str) -> BTreeMap<String, String> {
+    let all: Api<Pod> = Api::all(control_plane().admin_client());
+    all.list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
+        .await
+        .expect("listing pods")
+        .items
+        .into_iter()
+        .map(|p| (name_of(&p), p.metadata.uid.clone().unwrap_or_default()))
+        .collect()
+}
+
+/// A DaemonSet `name` (pods labelled `app=<name>`) whose only pod runs on `node`.
+pub async fn daemon_set_on(ns: &str, name: &str, node: &str) -> DaemonSet {
+    create(
+        ns,
+        json!({
+            "apiVersion": "apps/v1",
+            "kind": "DaemonSet",
+            "metadata": {"name": name},
+            "spec": {
+                "selector": {"matchLabels": {"app": name}},
+                "template": {
+                    "metadata": {"labels": {"app": name}},
+                    "spec": {
+                        "nodeSelector": {"kubernetes.io/hostname": node},
+                        "containers": [{"name": name, "image": format!("registry.invalid/{name}:1")}],
+                    },
+                },
+            },
+        }),
+    )
+    .await
+}
+
+/// The mirror pod `etcd-<node>` of a static pod on `node`, as the kubelet would create it: the
+/// mirror annotation, owned by the Node.
+pub async fn mirror_pod(ns: &str, node: &str) -> Pod {
+    let uid = Api::<Node>::all(control_plane().admin_client())
+        .get(node)
+        .await
+        .expect("the node")
+        .metadata
+        .uid
+        .expect("a uid");
+    create(
+        ns,
+        json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": format!("etcd-{node}"),
+                "annotations": {"kubernetes.io/config.mirror": "hash"},
+                "ownerReferences": [{
+                    "apiVersion": "v1", "kind": "Node", "name": node, "uid": uid,
+                    "controller": true,
+                }],
+            },
+            "spec": {
+                "nodeName": node,
+                "containers": [{"name": "etcd", "image": "registry.invalid/etcd:1"}],
+            },
+        }),
+    )
+    .await
+}
+
+/// A Job's pod on `node` that ran and finished in `phase` (`Succeeded` or `Failed`), as a
+/// kubelet reports it (kwok leaves finished pods alone); with an `emptyDir` volume when
+/// `empty_dir`. Returns the pod's name.
+pub async fn finished_job_pod(
+    ns: &str,
+    job: &str,
+    node: &str,
+    phase: &str,
+    empty_dir: bool,
+) -> String {
+    let mut spec = json!({
+        "restartPolicy": "Never",
+        "nodeSelector": {"kubernetes.io/hostname": node},
+        "containers": [{"name": "job", "image": "registry.invalid/job:1"}],
+    });
+    if empty_dir {
+        spec["volumes"] = json!([{"name": "scratch", "emptyDir": {}}]);
+        spec["containers"][0]["volumeMounts"] =
+            json!([{"name": "scratch", "mountPath": "/scratch"}]);
+    }
+    let _: Job = create(
+        ns,
+        json!({
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": job},
+            "spec": {"backoffLimit": 0, "template": {"metadata": {"labels": {"app": job}}, "spec": spec}},
+        }),
+    )
+    .await;
+    let pods: Api<Pod> = Api::namespaced(control_plane().admin_client(), ns);
+    let pod = wait_for_ready_pods(&pods, job, 1).await.remove(0);
+    let name = name_of(&pod);
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let exit_code = if phase == "Succeeded" { 0 } else { 1 };
+    pods.patch_status(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {
+            "phase": phase,
+            "containerStatuses": [{
+                "name": "job", "image": "registry.invalid/job:1", "imageID": "",
+                "ready": false, "started": false, "restartCount": 0,
+                "state": {"terminated": {
+                    "exitCode": exit_code, "reason": if exit_code == 0 { "Completed" } else { "Error" },
+                    "startedAt": now, "finishedAt": now,
+                }},
+            }],
+        }})),
+    )
+    .await
+    .expect("finishing the Job's pod");
+    name
+}
+
+/// A PDB named `name` over app `app` with this spec (`minAvailable` / `maxUnavailable`), and
+/// a wait until the disruption controller has computed its status for `healthy` pods.
+pub async fn pdb(ns: &str, name: &str, app: &str, spec: Value, healthy: i32) {
+    let mut spec = spec;
+    spec["selector"] = json!({"matchLabels": {"app": app}});
+    let _: PodDisruptionBudget = create(
+        ns,
+        json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": name}, "spec": spec}),
+    )
+    .await;
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(control_plane().admin_client(), ns);
+    spotguard_testkit_k8s::eventually(
+        WAIT,
+        "the disruption controller to observe the PDB",
+        || async {
+            let pdb = budgets.get(name).await.expect("reading the PDB");
+            let status = pdb.status?;
+            (status.observed_generation == pdb.metadata.generation
+                && status.current_healthy == Some(healthy))
+            .then_some(())
+        },
+    )
+    .await;
+}
+
+/// Watches the pods of an app and records, in the order the API server's watch reports
+/// changes: the fewest Ready pods at any moment, and how many were Ready just before each
+/// pod began terminating.
+pub struct ReadyWatch {
+    low_water: Arc<AtomicUsize>,
+    before_each_eviction: Arc<Mutex<Vec<usize>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ReadyWatch {
+    /// Starts the watch and returns once it has listed the app's pods.
+    pub async fn start(pods: &Api<Pod>, app: &str) -> Self {
+        let low_water = Arc::new(AtomicUsize::new(usize::MAX));
+        let before_each_eviction = Arc::new(Mutex::new(Vec::new()));
+        let synced = Arc::new(tokio::sync::Notify::new());
+        let (low, before, ready_now) = (
+            low_water.clone(),
+            before_each_eviction.clone(),
+            synced.clone(),
+        );
+        let stream = watcher(
+            pods.clone(),
+            watcher::Config::default().labels(&format!("app={app}")),
+        );
+        let task = tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            let mut state: BTreeMap<String, Pod> = BTreeMap::new();
+            let mut init: BTreeMap<String, Pod> = BTreeMap::new();
+            let mut live = false;
+            let ready =
+                |state: &BTreeMap<String, Pod>| state.values().filter(|p| pod_is_ready(p)).count();
+            while let Ok(Some(event)) = stream.try_next().await {
+                match event {
+                    watcher::Event::Init => init.clear(),
+                    watcher::Event::InitApply(p) => {
+                        init.insert(name_of(&p), p);
+                    }
+                    watcher::Event::InitDone => {
+                        state = std::mem::take(&mut init);
+                        if !live {
+                            live = true;
+                            ready_now.notify_one();
+                        }
+                    }
+                    watcher::Event::Apply(p) => {
+                        let was_running = state
+                            .get(&name_of(&p))
+                            .is_some_and(|old| old.metadata.deletion_timestamp.is_none());
+                        if was_running && p.metadata.deletion_timestamp.is_some() {
+                            before.lock().unwrap().push(ready(&state));
+                        }
+                        state.insert(name_of(&p), p);
+                    }
+                    watcher::Event::Delete(p) => {
+                        if state
+                            .get(&name_of(&p))
+                            .is_some_and(|old| old.metadata.deletion_timestamp.is_none())
+                        {
+                            before.lock().unwrap().push(ready(&state));
+                        }
+                        state.remove(&name_of(&p));
+                    }
+                }
+                if live {
+                    low.fetch_min(ready(&state), Ordering::SeqCst);
+                }
+            }
+        });
+        tokio::time::timeout(WAIT, synced.notified())
+            .await
+            .expect("the watch lists the pods");
+        Self {
+            low_water,
+            before_each_eviction,
+            task,
+        }
+    }
+
+    /// Stops the watch: the fewest Ready pods seen, and the Ready pods before each eviction.
+    pub fn stop(self) -> (usize, Vec<usize>) {
+        self.task.abort();
+        let before = self.before_each_eviction.lock().unwrap().clone();
+        (self.low_water.load(Ordering::SeqCst), before)
+    }
+}
+
+/// A cluster adapter whose clients go through the fault proxy (whose request log holds every
+/// request with its query), caches synced.
+pub async fn proxied_cluster(proxy: &ApiFaultProxy, options: KubeClusterOptions) -> KubeCluster {
+    let cluster = KubeCluster::from_config(proxy.admin_config(), options).expect("clients");
+    wait_ready(&cluster).await;
+    cluster
 }
 
 // ---------------------------------------------------------------------------------------------
