@@ -1,7 +1,7 @@
 //! Taints, cordons and annotations: idempotent, and never losing another writer's change.
 //! On real kwok nodes of the test kit's control plane: idempotence, the API server's answer to
-//! a stale resourceVersion `test`, a writer between read and patch, two writers racing; only
-//! endless interference stays on the fake (see below why).
+//! a stale resourceVersion `test`, a writer between read and patch, a writer that never stops
+//! (the adapter gives up with a conflict), two writers racing.
 
 mod common;
 
@@ -13,7 +13,6 @@ use kube::Api;
 use serde_json::json;
 use spotguard_core::model::{Taint, TaintEffect};
 use spotguard_core::ports::{Cluster, ClusterError};
-use spotguard_k8s::testing::{node, FakeApiServer};
 
 fn taint(key: &str) -> Taint {
     Taint {
@@ -163,19 +162,13 @@ async fn taint_untaint_cordon_annotate_are_idempotent() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Conflicts stay on the fake for now (`spotguard_k8s::testing::FakeApiServer`), because the
-// real API server showed the adapter wrong here: kube-apiserver v1.37.2 answers a JSON patch
-// whose `test` of `/metadata/resourceVersion` fails (another writer came between the read and
-// the patch) with `422 Invalid` and only the generic message "the server rejected our request
-// due to an error in our request", no causes (see
-// `the_api_server_answers_a_stale_resource_version_test_with_a_bare_422` below). The adapter's
-// `is_conflict` (src/taint.rs) takes a 422 for a conflict only when its message contains
-// "test", as the fake's answer does, so on the real API server the write fails at once with an
-// API error instead of being retried from a fresh read. The adapter now re-reads the node on a
-// 422 and retries when it moved (`two_writers_racing_lose_no_taint` proves it on the real API
-// server, as does `a_write_between_read_and_patch_is_retried_and_kept`, whose other writer
-// acts between the read and the patch through `common::Recorder::set_hook`); the endless
-// interference case below stays on the fake.
+// Conflicts. kube-apiserver v1.37.2 answers a JSON patch whose `test` of
+// `/metadata/resourceVersion` fails (another writer came between the read and the patch) with
+// `422 Invalid` and only the generic message "the server rejected our request due to an error
+// in our request", no causes (see
+// `the_api_server_answers_a_stale_resource_version_test_with_a_bare_422` below). The adapter
+// therefore re-reads the node on a 422 and retries when it moved; the other writers below act
+// between its read and its patch through `common::Recorder::set_hook`, or race it for real.
 // ---------------------------------------------------------------------------------------------
 
 /// The API server's answer to a JSON patch whose resourceVersion `test` is stale: the answer
@@ -271,22 +264,42 @@ async fn a_write_between_read_and_patch_is_retried_and_kept() {
     assert_eq!(patches.last(), Some(&200), "{patches:?}");
 }
 
-#[tokio::test]
-async fn endless_interference_gives_up_with_conflict_on_the_fake() {
-    let fake = FakeApiServer::start().await;
-    fake.create(node("n1", "i-1", "SPOT"));
-    let cluster = common::cluster(&fake).await;
-    fake.interfere_after_reads("", "nodes", None, "n1", u32::MAX, |n| {
-        n["metadata"]["labels"]["churn"] = json!(n["metadata"]["resourceVersion"].clone());
-    });
-    let err = cluster.set_unschedulable("n1", true).await.unwrap_err();
+/// Another writer that never stops: it changes the node right after each of the adapter's
+/// reads (the answer to the read is held back while it writes), so every patch is stale. The
+/// adapter gives up after its bounded attempts with a conflict, and its change is not there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endless_interference_gives_up_with_conflict() {
+    let name = plain_node("churn").await;
+    let (cluster, recorder) = common::recording_cluster().await;
+    let path = node_path(&name);
+    let (hook_name, hook_path) = (name.clone(), path.clone());
+    let mut writes = 0u32;
+    recorder.set_hook(Box::new(move |method, p, status| {
+        if method != "GET" || p != hook_path || status != 200 {
+            return None;
+        }
+        writes += 1;
+        let (name, n) = (hook_name.clone(), writes);
+        Some(Box::pin(async move {
+            nodes()
+                .patch(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"labels": {"churn": n.to_string()}}})),
+                )
+                .await
+                .expect("the other writer");
+        }))
+    }));
+    let err = cluster.set_unschedulable(&name, true).await.unwrap_err();
     assert!(
-        matches!(err, ClusterError::Conflict { ref node, attempts } if node == "n1" && attempts == 10),
+        matches!(err, ClusterError::Conflict { ref node, attempts } if *node == name && attempts == 10),
         "{err:?}"
     );
-    assert!(fake.get("", "nodes", None, "n1").unwrap()["spec"]
-        .get("unschedulable")
-        .is_none());
+    assert_eq!(get_node(&name).await.spec.unwrap().unschedulable, None);
+    let patches = recorder.statuses("PATCH", &path);
+    assert_eq!(patches.len(), 10, "one patch per attempt: {patches:?}");
+    assert!(patches.iter().all(|c| *c == 422), "{patches:?}");
 }
 
 /// Two processes writing taints on one real node at once: the API server refuses every stale
