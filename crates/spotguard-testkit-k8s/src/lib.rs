@@ -394,6 +394,28 @@ impl ControlPlane {
         name
     }
 
+    /// Creates the namespaced object given as JSON (any kind k8s-openapi knows) in
+    /// `namespace`, as the administrator, and returns it as the API server stored it.
+    ///
+    /// # Panics
+    /// When the JSON is not such an object, or the API server refuses it.
+    pub async fn create_in<K>(&self, namespace: &str, object: serde_json::Value) -> K
+    where
+        K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+            + Clone
+            + std::fmt::Debug
+            + serde::de::DeserializeOwned
+            + serde::Serialize,
+        K::DynamicType: Default,
+    {
+        let typed: K = serde_json::from_value(object.clone())
+            .unwrap_or_else(|e| panic!("{object} is not a valid object: {e}"));
+        Api::<K>::namespaced(self.admin_client(), namespace)
+            .create(&PostParams::default(), &typed)
+            .await
+            .unwrap_or_else(|e| panic!("creating {object} in {namespace}: {e}"))
+    }
+
     /// Creates the node and waits until it is Ready and schedulable (no `not-ready` taint).
     pub async fn create_node(&self, node: &NodeBuilder) -> Node {
         node.create(&self.admin_client()).await

@@ -284,12 +284,7 @@ impl World {
             + serde::Serialize,
         K::DynamicType: Default,
     {
-        let typed: K = serde_json::from_value(object.clone())
-            .unwrap_or_else(|e| panic!("{object} is not a valid object: {e}"));
-        Api::<K>::namespaced(self.admin(), &self.namespace)
-            .create(&PostParams::default(), &typed)
-            .await
-            .unwrap_or_else(|e| panic!("creating {object}: {e}"))
+        self.cp.create_in(&self.namespace, object).await
     }
 
     /// `count` Running and Ready pods of app `app` on `node`, owned by a ReplicaSet of their

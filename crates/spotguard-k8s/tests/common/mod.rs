@@ -131,12 +131,7 @@ where
         + serde::Serialize,
     K::DynamicType: Default,
 {
-    let typed: K = serde_json::from_value(object.clone())
-        .unwrap_or_else(|e| panic!("{object} is not a valid object: {e}"));
-    let api: Api<K> = Api::namespaced(control_plane().admin_client(), namespace);
-    api.create(&kube::api::PostParams::default(), &typed)
-        .await
-        .unwrap_or_else(|e| panic!("creating {object}: {e}"))
+    control_plane().create_in(namespace, object).await
 }
 
 /// A pod with no controller: bound to `node`, or, with `None`, waiting for a scheduler that
