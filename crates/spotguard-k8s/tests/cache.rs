@@ -1,6 +1,7 @@
 //! The watch caches on the real API server of spotguard-testkit-k8s: snapshots shared until
 //! the cluster changes, a node-scoped cache for agents (every node, only its own node's pods,
-//! following pods the scheduler binds later and pods deleted, no PDBs), and lists in pages.
+//! following pods the scheduler binds later and pods deleted, no PDBs), lists in pages, and a
+//! re-list after a watch answered `410 Gone`.
 //!
 //! Request logs come from the fault proxy in front of the API server, which sees every
 //! request with its query (field selectors, `limit=`, `continue=`).
@@ -21,7 +22,7 @@ use spotguard_core::ports::Cluster;
 use spotguard_core::view::ClusterView;
 use spotguard_k8s::cache::LIST_PAGE_SIZE;
 use spotguard_k8s::{CacheScope, KubeCluster, KubeClusterOptions};
-use spotguard_testkit_k8s::{eventually, ApiFaultProxy};
+use spotguard_testkit_k8s::{eventually, ApiFaultProxy, ApiRule, StatusReply};
 
 /// A namespace named after `prefix`, two nodes, and a pod of no controller on each: `web-1`
 /// on the first, `web-2` on the second.
@@ -252,4 +253,69 @@ async fn caches_list_in_pages() {
     assert!(pages.len() >= 2, "{pages:?}");
     assert!(!pages[0].contains("continue="), "{pages:?}");
     assert!(pages.iter().any(|p| p.contains("continue=")), "{pages:?}");
+}
+
+/// A watch the API server ends at once with a `410 Expired` error event (its resourceVersion
+/// compacted away, as after a long disconnection): the cache lists again and goes on following
+/// the cluster. Watches ask
+/// for bookmarks, so a quiet watch keeps a fresh resourceVersion and rarely meets this.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_answered_gone_relists_and_keeps_following() {
+    let cp = common::control_plane();
+    let ns = cp.create_namespace("cache-gone").await;
+    let node = common::create_node("gone", None).await;
+    bare_pod(&ns, "before", Some(&node)).await;
+    let proxy = ApiFaultProxy::start(cp).await;
+    const POD_WATCH: &str = "/api/v1/pods?&watch=true";
+    proxy.add(
+        ApiRule::watch_error(
+            "GET",
+            POD_WATCH,
+            StatusReply::new(410, "Expired", "too old resource version: 1 (2)"),
+        )
+        .times(1),
+    );
+    let cluster = common::proxied_cluster(&proxy, common::options()).await;
+    let pod_lists = || {
+        proxy
+            .requests()
+            .iter()
+            .filter(|(m, p, _)| {
+                m == "GET" && p.starts_with("/api/v1/pods?") && !p.contains("watch=")
+            })
+            .count()
+    };
+    let relisted = tokio::time::timeout(WAIT, async {
+        while !(proxy.injected("GET", POD_WATCH) == 1 && pod_lists() >= 2) {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(
+        relisted.is_ok(),
+        "the pod watch answered 410 and the pods listed again: {:#?}",
+        proxy.requests()
+    );
+
+    // Still following: a pod created after the re-list is seen, the first one still is.
+    bare_pod(&ns, "after", Some(&node)).await;
+    eventually(WAIT, "the new pod in a snapshot", || async {
+        let names = pods_in(&cluster.snapshot().await.unwrap(), &ns);
+        (names.contains(&"after".to_string()) && names.contains(&"before".to_string()))
+            .then_some(())
+    })
+    .await;
+    let watches: Vec<String> = proxy
+        .requests()
+        .into_iter()
+        .filter(|(_, p, status)| p.contains("watch=true") && *status == 200)
+        .map(|(_, p, _)| p)
+        .collect();
+    assert!(!watches.is_empty(), "watches made");
+    assert!(
+        watches
+            .iter()
+            .all(|p| p.contains("allowWatchBookmarks=true")),
+        "every watch asks for bookmarks: {watches:?}"
+    );
 }

@@ -126,6 +126,16 @@ impl StatusReply {
         })
     }
 
+    /// `200 OK` with one watch event `{"type":"ERROR","object":<the Status>}`.
+    fn watch_event(&self) -> Response<ProxyBody> {
+        let event = json!({"type": "ERROR", "object": self.body()});
+        Response::builder()
+            .status(200)
+            .header("content-type", "application/json")
+            .body(full(format!("{event}\n")))
+            .expect("a valid response")
+    }
+
     fn response(&self) -> Response<ProxyBody> {
         let mut builder = Response::builder()
             .status(self.code)
@@ -146,6 +156,10 @@ pub enum ApiFault {
     Reply(StatusReply),
     /// Hold the request this long, then go on (other rules, or forwarding).
     Delay(Duration),
+    /// Answer a watch with `200 OK` and one `ERROR` event carrying this status, then end the
+    /// stream: what the API server does when a watch starts from a resourceVersion it no longer
+    /// has (`410 Expired`), which a watcher must answer with a new list.
+    WatchError(StatusReply),
 }
 
 /// A rule of [`ApiFaultProxy`]: requests whose method is `method` (any method when empty) and
@@ -180,6 +194,17 @@ impl ApiRule {
             method: method.to_string(),
             path_contains: path_contains.to_string(),
             fault: ApiFault::Delay(delay),
+            times: None,
+        }
+    }
+
+    /// Answers matching watches with one `ERROR` event carrying `reply` (see
+    /// [`ApiFault::WatchError`]), until cleared.
+    pub fn watch_error(method: &str, path_contains: &str, reply: StatusReply) -> Self {
+        Self {
+            method: method.to_string(),
+            path_contains: path_contains.to_string(),
+            fault: ApiFault::WatchError(reply),
             times: None,
         }
     }
@@ -475,6 +500,7 @@ async fn handle(
     let reply = lock(&state).take(&method, &path, false);
     let (response, injected) = match reply {
         Some(ApiFault::Reply(reply)) => (reply.response(), true),
+        Some(ApiFault::WatchError(reply)) => (reply.watch_event(), true),
         _ => (
             forward(&state, &upstream, &server, &path, request).await,
             false,

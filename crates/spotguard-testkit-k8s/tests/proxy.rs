@@ -1,5 +1,6 @@
 //! The API fault proxy forwards to the real API server (lists, watches, evictions) and
-//! answers by rule: injected `Status` errors, delays, and nothing once cleared.
+//! answers by rule: injected `Status` errors, watches ended by an error event, delays, and
+//! nothing once cleared.
 
 use std::time::{Duration, Instant};
 
@@ -266,4 +267,44 @@ async fn max_in_flight_counts_the_matching_requests_held_at_once() {
         "another method"
     );
     assert_eq!(proxy.max_in_flight("GET", "/secrets"), 0, "another path");
+}
+
+#[tokio::test]
+async fn watch_error_rule_ends_a_watch_with_an_error_event() {
+    let cp = ControlPlane::shared();
+    let proxy = ApiFaultProxy::start(cp).await;
+    let ns = cp.create_namespace("proxy-gone").await;
+    proxy.add(
+        ApiRule::watch_error(
+            "GET",
+            "watch=true",
+            StatusReply::new(410, "Expired", "too old resource version: 1 (2)"),
+        )
+        .times(1),
+    );
+    let maps: Api<ConfigMap> = Api::namespaced(client(&proxy), &ns);
+    let mut events = maps
+        .watch(&WatchParams::default().timeout(60), "0")
+        .await
+        .expect("the watch is answered 200")
+        .boxed();
+    match tokio::time::timeout(WAIT, events.next()).await {
+        Ok(Some(Ok(WatchEvent::Error(status)))) => {
+            assert_eq!((status.code, status.reason.as_str()), (410, "Expired"));
+        }
+        other => panic!("expected an ERROR event, got {other:?}"),
+    }
+    assert!(
+        tokio::time::timeout(WAIT, events.next())
+            .await
+            .expect("the stream ends")
+            .is_none(),
+        "nothing after the error"
+    );
+    assert_eq!(proxy.injected("GET", "watch=true"), 1);
+    // The next watch is forwarded.
+    maps.watch(&WatchParams::default().timeout(1), "0")
+        .await
+        .expect("a forwarded watch");
+    assert_eq!(proxy.injected("GET", "watch=true"), 1);
 }
