@@ -303,7 +303,8 @@ async fn watch_error_rule_ends_a_watch_with_an_error_event() {
     );
     assert_eq!(proxy.injected("GET", "watch=true"), 1);
     // The next watch is forwarded.
-    maps.watch(&WatchParams::default().timeout(1), "0")
+    let _forwarded = maps
+        .watch(&WatchParams::default().timeout(1), "0")
         .await
         .expect("a forwarded watch");
     assert_eq!(proxy.injected("GET", "watch=true"), 1);
