@@ -38,6 +38,9 @@ use tower::util::MapResponseLayer;
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod report;
+
+use report::{load_average, median};
 
 const APPS: usize = 10;
 const PODS_PER_APP: usize = 10;
@@ -404,11 +407,6 @@ async fn check_moved(setup: &Setup) {
     .await;
 }
 
-fn median(mut runs: Vec<Duration>) -> Duration {
-    runs.sort();
-    runs[runs.len() / 2]
-}
-
 fn secs(d: Duration) -> String {
     format!("{:.1} s", d.as_secs_f64())
 }
@@ -563,6 +561,7 @@ fn report(scenarios: &[Scenario], runs: usize) {
     println!(
         "- With PDBs, {wait}. The budgets refused kubectl {kubectl_refused} time(s) in these runs: its rate limit spreads its evictions over the 10 apps at {CLIENT_GO_QPS:.0} per second, about one per app every 2 s, which mostly stays under what a budget allows once the app's replacements are Ready, and a 5 s sleep that starts more than 5 s before its last eviction hides behind the rate limit. Spot Guard, 8 evictions at a time, runs into the budgets and waits for them (its 429s above): that wait is why its time grows with PDBs and kubectl's hardly does. With fewer pods per budget or slower-starting replacements, kubectl meets more 429s, each costing that pod 5 s."
     );
+    println!("- {}", load_average());
 }
 
 fn main() {
