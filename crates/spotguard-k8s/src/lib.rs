@@ -22,22 +22,12 @@
 //! model and core actions into API calls. It does not create the Kubernetes client either:
 //! the daemon builds a [`kube::Client`] and hands it in.
 //!
-//! ## Test support
+//! ## Tests
 //!
-//! With the `test-util` feature, the `testing` module provides a stateful Kubernetes API server fake
-//! over real HTTP that both [`kube::Client`] and the real `kubectl` talk to. Existing fakes
-//! were evaluated first and none fit:
-//!
-//! - `kube-fake-client` (0.3) is an in-process tower service (no HTTP, so `kubectl` cannot
-//!   use it), is built on kube 4.2 (a second kube in the build), and implements neither the
-//!   eviction subresource nor watches with resourceVersions (watch is an interceptor hook).
-//! - `kubernetes-mock` (0.1) is an expectation mock on kube 0.83 and hyper 0.14: scripted
-//!   answers, no state.
-//! - `kmock` (PyPI) is a Python HTTP mock for Kopf operators: it would add a Python service to
-//!   every test run and has no PodDisruptionBudget or eviction semantics.
-//!
-//! Drain correctness hinges on exactly those semantics (429 while a PDB allows no disruption,
-//! graceful deletion, replacement pods), so the fake implements them itself.
+//! The crate is tested against a real control plane (etcd, kube-apiserver, the controller
+//! manager's disruption, ReplicaSet and garbage-collector controllers, the scheduler, kwok
+//! nodes) that the unpublished `spotguard-testkit-k8s` crate builds from Go modules and starts
+//! on loopback; faults come from a proxy in front of the API server.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -51,8 +41,6 @@ pub mod ledger_store;
 pub mod quantity;
 pub mod snapshot;
 pub mod taint;
-#[cfg(feature = "test-util")]
-pub mod testing;
 
 pub use cache::{CacheScope, SnapshotCache};
 pub use cluster::{KubeCluster, KubeClusterOptions};
