@@ -83,7 +83,8 @@ async fn a_scale_lock_held_at_shutdown_is_given_up() {
         "agent",
         "agent",
         Some(&imds),
-        &["--shutdown-timeout", "50ms"],
+        // The SDK retries the throttled raise for a long while, all of it under the lock.
+        &["--shutdown-timeout", "50ms", "--aws-max-attempts", "20"],
     );
     agent.wait_ready(Duration::from_secs(60)).await;
     world.proxy.throttle("SetDesiredCapacity", 50);
