@@ -104,15 +104,16 @@ async fn node_scope_holds_every_node_and_only_its_own_pods() {
     let cp = common::control_plane();
     let (ns, n1, n2) = two_nodes_with_a_pod_each("cache-scope").await;
     bare_pod(&ns, "later", None).await;
-    let _: PodDisruptionBudget = common::create(
-        &ns,
-        json!({
-            "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
-            "metadata": {"name": "web"},
-            "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "web"}}},
-        }),
-    )
-    .await;
+    let _: PodDisruptionBudget = common::control_plane()
+        .create_in(
+            &ns,
+            json!({
+                "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+                "metadata": {"name": "web"},
+                "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "web"}}},
+            }),
+        )
+        .await;
     let proxy = ApiFaultProxy::start(cp).await;
     let cluster = node_scoped(&proxy, &n1).await;
 
@@ -168,7 +169,7 @@ async fn node_scope_follows_pods_bound_later_and_deleted() {
     // Waits for a node of its own pool, which no node has yet.
     let mut later = common::pod_template("later", &ns, 30);
     later["metadata"]["name"] = json!("later");
-    let _: Pod = common::create(&ns, later).await;
+    let _: Pod = common::control_plane().create_in(&ns, later).await;
     let proxy = ApiFaultProxy::start(cp).await;
     let cluster = node_scoped(&proxy, &n1).await;
     let cached = || async {

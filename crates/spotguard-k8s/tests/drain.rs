@@ -65,8 +65,9 @@ impl Fixture {
         common::daemon_set_on(&ns, "proxy", &old).await;
         common::mirror_pod(&ns, &old).await;
         if replicas > 0 {
-            let _: ReplicaSet =
-                common::create(&ns, common::replica_set("web", &pool, replicas)).await;
+            let _: ReplicaSet = common::control_plane()
+                .create_in(&ns, common::replica_set("web", &pool, replicas))
+                .await;
             let web = common::wait_for_ready_pods(&pods, "web", replicas as usize).await;
             assert!(web
                 .iter()
@@ -253,12 +254,12 @@ async fn local_storage_and_unmanaged_pods_refuse_the_whole_drain_unless_allowed(
     let mut cache = common::replica_set("cache", &pool, 1);
     cache["spec"]["template"]["spec"]["nodeSelector"] = json!({"kubernetes.io/hostname": fx.old});
     cache["spec"]["template"]["spec"]["volumes"] = json!([{"name": "data", "emptyDir": {}}]);
-    let _: ReplicaSet = common::create(&fx.ns, cache).await;
+    let _: ReplicaSet = common::control_plane().create_in(&fx.ns, cache).await;
     let cache = name_of(&common::wait_for_ready_pods(&fx.pods, "cache", 1).await[0]);
     // (The cache's replacement, pinned to the old node, stays Pending once it is cordoned: the
     // drain waits only for the evicted pod to go.)
     let misc = cp.create_namespace("misc").await;
-    let loner: Pod = common::create(
+    let loner: Pod = common::control_plane().create_in(
         &misc,
         json!({
             "apiVersion": "v1", "kind": "Pod",
@@ -350,7 +351,7 @@ async fn slow_pod(fx: &Fixture, delay: &str) -> Pod {
         json!({common::POD_DELETE_DELAY_ANNOTATION: delay});
     rs["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = json!(90);
     rs["spec"]["template"]["spec"]["nodeSelector"] = json!({"kubernetes.io/hostname": fx.old});
-    let _: ReplicaSet = common::create(&fx.ns, rs).await;
+    let _: ReplicaSet = common::control_plane().create_in(&fx.ns, rs).await;
     common::wait_for_ready_pods(&fx.pods, "slow", 1)
         .await
         .remove(0)
@@ -445,17 +446,18 @@ async fn server_errors_are_retried() {
     let proxy = spotguard_testkit_k8s::ApiFaultProxy::start(cp).await;
     let namespace = cp.create_namespace("drain-5xx").await;
     let node = common::create_node("old", None).await;
-    let _: Pod = common::create(
-        &namespace,
-        json!({
-            "metadata": {"name": "app", "namespace": namespace},
-            "spec": {
-                "nodeName": node,
-                "containers": [{"name": "app", "image": "registry.invalid/app:1"}],
-            },
-        }),
-    )
-    .await;
+    let _: Pod = common::control_plane()
+        .create_in(
+            &namespace,
+            json!({
+                "metadata": {"name": "app", "namespace": namespace},
+                "spec": {
+                    "nodeName": node,
+                    "containers": [{"name": "app", "image": "registry.invalid/app:1"}],
+                },
+            }),
+        )
+        .await;
     let pods: Api<Pod> = Api::namespaced(cp.admin_client(), &namespace);
     eventually(WAIT, "the pod Ready", || async {
         pods.get("app").await.ok().filter(pod_is_ready)

@@ -139,7 +139,7 @@ impl Workloads {
         } = common::Web::start(prefix, "old", 3).await;
         let mut cache = common::replica_set("cache", &ns, 1);
         cache["spec"]["template"]["spec"]["volumes"] = json!([{"name": "data", "emptyDir": {}}]);
-        let _: ReplicaSet = common::create(&ns, cache).await;
+        let _: ReplicaSet = common::control_plane().create_in(&ns, cache).await;
         common::daemon_set_on(&ns, "proxy", &old).await;
         common::mirror_pod(&ns, &old).await;
         for (app, count) in [("cache", 1), ("proxy", 1)] {

@@ -99,15 +99,16 @@ async fn round_trip_and_conflicts() {
 async fn malformed_ledger_names_the_configmap() {
     let cp = common::control_plane();
     let ns = cp.create_namespace("ops").await;
-    let _: ConfigMap = common::create(
-        &ns,
-        json!({
-            "apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": "spotguard-ledger"},
-            "data": {"ledger.json": "{not json"}
-        }),
-    )
-    .await;
+    let _: ConfigMap = common::control_plane()
+        .create_in(
+            &ns,
+            json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "spotguard-ledger"},
+                "data": {"ledger.json": "{not json"}
+            }),
+        )
+        .await;
     let store = ConfigMapLedgerStore::new(cp.admin_client(), &ns, "spotguard-ledger");
     match store.load().await.unwrap_err() {
         StoreError::Malformed { location, message } => {
@@ -120,11 +121,12 @@ async fn malformed_ledger_names_the_configmap() {
         other => panic!("{other:?}"),
     }
     // A ConfigMap without the key holds an empty ledger at its version.
-    let _: ConfigMap = common::create(
-        &ns,
-        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "blank"}}),
-    )
-    .await;
+    let _: ConfigMap = common::control_plane()
+        .create_in(
+            &ns,
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "blank"}}),
+        )
+        .await;
     let blank = ConfigMapLedgerStore::new(cp.admin_client(), &ns, "blank")
         .load()
         .await

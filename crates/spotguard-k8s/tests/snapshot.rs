@@ -72,7 +72,7 @@ async fn snapshot_translates_every_field() {
     let class = runtime_class().await;
     let pods: Api<KPod> = Api::namespaced(cp.admin_client(), &ns);
 
-    let _: ReplicaSet = common::create(
+    let _: ReplicaSet = common::control_plane().create_in(
         &ns,
         json!({
             "apiVersion": "apps/v1", "kind": "ReplicaSet",

@@ -274,19 +274,6 @@ impl World {
             .collect()
     }
 
-    /// Creates a namespaced object of this world, given as JSON, as the administrator.
-    pub async fn create<K>(&self, object: Value) -> K
-    where
-        K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
-            + Clone
-            + std::fmt::Debug
-            + serde::de::DeserializeOwned
-            + serde::Serialize,
-        K::DynamicType: Default,
-    {
-        self.cp.create_in(&self.namespace, object).await
-    }
-
     /// `count` Running and Ready pods of app `app` on `node`, owned by a ReplicaSet of their
     /// own that takes them over (so an evicted one is recreated, and scheduled on another node
     /// of the world).
@@ -297,7 +284,7 @@ impl World {
             let mut pod = pod_spec(&self.namespace);
             pod["metadata"] = json!({"name": format!("{set}-{i}"), "labels": labels});
             pod["spec"]["nodeName"] = json!(node);
-            self.create::<Pod>(pod).await;
+            self.cp.create_in::<Pod>(&self.namespace, pod).await;
         }
         let set_pods = || async {
             Api::<Pod>::namespaced(self.admin(), &self.namespace)
@@ -315,17 +302,21 @@ impl World {
         let mut template = pod_spec(&self.namespace);
         template["metadata"] = json!({"labels": labels});
         template["spec"]["nodeSelector"] = json!({POOL_LABEL: self.namespace});
-        self.create::<k8s_openapi::api::apps::v1::ReplicaSet>(json!({
-            "apiVersion": "apps/v1",
-            "kind": "ReplicaSet",
-            "metadata": {"name": set, "labels": labels},
-            "spec": {
-                "replicas": count,
-                "selector": {"matchLabels": {"set": set}},
-                "template": template,
-            },
-        }))
-        .await;
+        self.cp
+            .create_in::<k8s_openapi::api::apps::v1::ReplicaSet>(
+                &self.namespace,
+                json!({
+                    "apiVersion": "apps/v1",
+                    "kind": "ReplicaSet",
+                    "metadata": {"name": set, "labels": labels},
+                    "spec": {
+                        "replicas": count,
+                        "selector": {"matchLabels": {"set": set}},
+                        "template": template,
+                    },
+                }),
+            )
+            .await;
         eventually(
             &format!("the pods of {set} adopted"),
             Duration::from_secs(60),
@@ -355,7 +346,7 @@ impl World {
                 "ownerReferences": [owner],
             });
             pod["spec"]["nodeName"] = json!(node);
-            self.create::<Pod>(pod).await;
+            self.cp.create_in::<Pod>(&self.namespace, pod).await;
         }
         eventually(
             &format!("the {app} pods Ready"),
@@ -375,7 +366,7 @@ impl World {
     /// controller has computed its status.
     pub async fn add_pdb(&self, app: &str, min_available: i32) {
         use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-        self.create::<PodDisruptionBudget>(json!({
+        self.cp.create_in::<PodDisruptionBudget>(&self.namespace, json!({
             "apiVersion": "policy/v1",
             "kind": "PodDisruptionBudget",
             "metadata": {"name": app},

@@ -120,20 +120,6 @@ pub fn replica_set(name: &str, pool: &str, replicas: i32) -> Value {
     })
 }
 
-/// Creates the namespaced object given as JSON in `namespace` and returns it as the API
-/// server stored it.
-pub async fn create<K>(namespace: &str, object: Value) -> K
-where
-    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + serde::Serialize,
-    K::DynamicType: Default,
-{
-    control_plane().create_in(namespace, object).await
-}
-
 /// A pod with no controller: bound to `node`, or, with `None`, waiting for a scheduler that
 /// does not exist (never bound).
 pub async fn bare_pod(ns: &str, name: &str, node: Option<&str>) -> Pod {
@@ -142,11 +128,12 @@ pub async fn bare_pod(ns: &str, name: &str, node: Option<&str>) -> Pod {
         Some(node) => spec["nodeName"] = json!(node),
         None => spec["schedulerName"] = json!("spotguard-test-no-scheduler"),
     }
-    create(
-        ns,
-        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}),
-    )
-    .await
+    control_plane()
+        .create_in(
+            ns,
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}),
+        )
+        .await
 }
 
 /// A namespace of its own, a node of its pool, and ReplicaSet `web` running on that node.
@@ -167,7 +154,9 @@ impl Web {
         let ns = cp.create_namespace(prefix).await;
         let node = create_node(node_prefix, Some(&ns)).await;
         let pods: Api<Pod> = Api::namespaced(cp.admin_client(), &ns);
-        let _: ReplicaSet = create(&ns, replica_set("web", &ns, replicas)).await;
+        let _: ReplicaSet = control_plane()
+            .create_in(&ns, replica_set("web", &ns, replicas))
+            .await;
         wait_for_ready_pods(&pods, "web", replicas as usize).await;
         Self { ns, node, pods }
     }
@@ -214,7 +203,7 @@ pub async fn pods_on_node(node: &str) -> BTreeMap<String, String> {
 
 /// A DaemonSet `name` (pods labelled `app=<name>`) whose only pod runs on `node`.
 pub async fn daemon_set_on(ns: &str, name: &str, node: &str) -> DaemonSet {
-    create(
+    control_plane().create_in(
         ns,
         json!({
             "apiVersion": "apps/v1",
@@ -245,26 +234,27 @@ pub async fn mirror_pod(ns: &str, node: &str) -> Pod {
         .metadata
         .uid
         .expect("a uid");
-    create(
-        ns,
-        json!({
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {
-                "name": format!("etcd-{node}"),
-                "annotations": {"kubernetes.io/config.mirror": "hash"},
-                "ownerReferences": [{
-                    "apiVersion": "v1", "kind": "Node", "name": node, "uid": uid,
-                    "controller": true,
-                }],
-            },
-            "spec": {
-                "nodeName": node,
-                "containers": [{"name": "etcd", "image": "registry.invalid/etcd:1"}],
-            },
-        }),
-    )
-    .await
+    control_plane()
+        .create_in(
+            ns,
+            json!({
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": format!("etcd-{node}"),
+                    "annotations": {"kubernetes.io/config.mirror": "hash"},
+                    "ownerReferences": [{
+                        "apiVersion": "v1", "kind": "Node", "name": node, "uid": uid,
+                        "controller": true,
+                    }],
+                },
+                "spec": {
+                    "nodeName": node,
+                    "containers": [{"name": "etcd", "image": "registry.invalid/etcd:1"}],
+                },
+            }),
+        )
+        .await
 }
 
 /// A Job's pod on `node` that ran and finished in `phase` (`Succeeded` or `Failed`), as a
@@ -287,7 +277,7 @@ pub async fn finished_job_pod(
         spec["containers"][0]["volumeMounts"] =
             json!([{"name": "scratch", "mountPath": "/scratch"}]);
     }
-    let _: Job = create(
+    let _: Job = control_plane().create_in(
         ns,
         json!({
             "apiVersion": "batch/v1",
@@ -327,7 +317,7 @@ pub async fn finished_job_pod(
 pub async fn pdb(ns: &str, name: &str, app: &str, spec: Value, healthy: i32) {
     let mut spec = spec;
     spec["selector"] = json!({"matchLabels": {"app": app}});
-    let _: PodDisruptionBudget = create(
+    let _: PodDisruptionBudget = control_plane().create_in(
         ns,
         json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": name}, "spec": spec}),
     )
