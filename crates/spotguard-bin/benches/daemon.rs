@@ -38,7 +38,10 @@ fn env_usize(name: &str, default: usize) -> usize {
 fn production_timings(world: &World, monitor: bool) {
     let path = world.config("");
     let mut text = std::fs::read_to_string(&path).expect("read configuration");
-    text = text.replace("imds_poll = \"200ms\"", "imds_poll = \"2s\"");
+    text = text
+        .replace("imds_poll = \"200ms\"", "imds_poll = \"2s\"")
+        // A controller's first sync of 30,000 pods takes longer than the tests' 20s.
+        .replace("startup_timeout = \"20s\"", "startup_timeout = \"5m\"");
     if monitor {
         text = text
             .replace("monitor_interval = \"500ms\"", "monitor_interval = \"30s\"")
