@@ -9,9 +9,8 @@
 #![cfg(feature = "daemon")]
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use serde_norway::Value;
 use spotguard_testkit_k8s::ControlPlane;
@@ -154,7 +153,7 @@ fn install_monitor_crds(cp: &ControlPlane) {
         ("ServiceMonitor", "servicemonitors"),
         ("PodMonitor", "podmonitors"),
     ] {
-        apply(cp, &crd(kind, plural), &[], "monitor CRD");
+        cp.apply(&crd(kind, plural), &[], "monitor CRD");
     }
     let mut wait = cp.kubectl();
     wait.args([
@@ -165,31 +164,6 @@ fn install_monitor_crds(cp: &ControlPlane) {
         "crd/podmonitors.monitoring.coreos.com",
     ]);
     run(wait, "kubectl wait for the monitor CRDs");
-}
-
-fn apply(cp: &ControlPlane, manifests: &str, args: &[&str], what: &str) -> String {
-    let mut child = cp
-        .kubectl()
-        .args(["apply", "-f", "-"])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl starts");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(manifests.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{what}: kubectl apply {args:?} refused:\n{}\n{manifests}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[tokio::test]
@@ -213,8 +187,7 @@ async fn every_rendered_manifest_is_accepted_by_the_api_server() {
             .filter(|d| d.contains("kind:"))
             .count();
         assert!(documents >= 3, "{values:?}: {documents} documents");
-        let applied = apply(
-            cp,
+        let applied = cp.apply(
             &manifests,
             // Every object names its namespace (the release's, or `default` for the Role on
             // node Events).
@@ -256,7 +229,7 @@ async fn the_charts_rbac_allows_spot_guards_calls_and_refuses_the_rest() {
         .args(["--show-only", "templates/rbac.yaml"])
         .args(["--show-only", "templates/serviceaccount.yaml"]);
     let rbac = String::from_utf8(run(template, "helm template (RBAC)").stdout).unwrap();
-    apply(cp, &rbac, &[], "the chart's RBAC");
+    cp.apply(&rbac, &[], "the chart's RBAC");
 
     let admin = cp.admin_client();
 

@@ -371,6 +371,40 @@ impl ControlPlane {
         cmd
     }
 
+    /// `kubectl apply -f -` of `manifests` (YAML or JSON) with `args`, as the administrator;
+    /// returns what kubectl printed.
+    ///
+    /// # Panics
+    /// When kubectl cannot run or refuses them, naming `what`.
+    pub fn apply(&self, manifests: &str, args: &[&str], what: &str) -> String {
+        use std::io::Write as _;
+        use std::process::Stdio;
+        let mut child = self
+            .kubectl()
+            .args(["apply", "-f", "-"])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{what}: cannot run kubectl: {e}"));
+        child
+            .stdin
+            .take()
+            .expect("kubectl's stdin")
+            .write_all(manifests.as_bytes())
+            .unwrap_or_else(|e| panic!("{what}: writing to kubectl: {e}"));
+        let out = child
+            .wait_with_output()
+            .unwrap_or_else(|e| panic!("{what}: kubectl apply: {e}"));
+        assert!(
+            out.status.success(),
+            "{what}: kubectl apply {args:?} refused:\n{}\n{manifests}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// `helm` with the admin's kubeconfig and its cache, config and data folders inside the
     /// control plane's folder (so it writes nothing to `$HOME`).
     pub fn helm(&self) -> Command {

@@ -596,26 +596,10 @@ async fn install_rbac(cp: &ControlPlane, release: &str, namespace: &str) {
         "helm template of the RBAC failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut apply = Command::from(cp.kubectl());
-    let mut child = apply
-        .args(["apply", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run kubectl");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(&out.stdout)
-        .await
-        .expect("write the manifests");
-    let applied = child.wait_with_output().await.expect("kubectl apply");
-    assert!(
-        applied.status.success(),
-        "kubectl apply of the chart's RBAC failed: {}",
-        String::from_utf8_lossy(&applied.stderr)
+    cp.apply(
+        &String::from_utf8_lossy(&out.stdout),
+        &[],
+        "the chart's RBAC",
     );
 }
 
