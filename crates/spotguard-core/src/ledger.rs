@@ -89,6 +89,12 @@ pub struct Entry {
     /// outcome was lost is recognised instead of made twice.
     #[serde(default)]
     pub payback: Option<Payback>,
+    /// Scale-downs of this entry's node the monitor has started or abandoned so far. A
+    /// scale-down terminates the node only if this is still the number it started with: one
+    /// abandoned meanwhile (and so uncordoned, open to new pods) or started anew by another
+    /// monitor pass fences it off.
+    #[serde(default)]
+    pub scale_downs: u32,
 }
 
 /// A payback call in flight.
@@ -203,6 +209,7 @@ impl Ledger {
             updated_at: now,
             note: "scale-up requested".into(),
             payback: None,
+            scale_downs: 0,
         });
         id
     }

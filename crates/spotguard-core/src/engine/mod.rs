@@ -16,7 +16,10 @@
 //! ## Phase 2, every monitor tick
 //! For each open fallback entry: health of its spot group → stability → safety of removing
 //! the fallback node → taint, cordon, drain → terminate it with decrement → release. Every
-//! failure branch waits, skips or retries on the next tick; nothing is half-done.
+//! failure branch waits, skips or retries on the next tick; nothing is half-done. A drained
+//! node is terminated only if its scale-down is still the one the ledger holds
+//! ([`Entry::scale_downs`]): one abandoned meanwhile, by an overlapping pass or a new leader,
+//! has reopened the node to pods.
 
 use std::collections::{HashMap, HashSet};
 use std::pin::pin;
@@ -181,6 +184,8 @@ struct State {
     /// in time for the drain, as if the first notice had carried them.
     deadlines: HashMap<InstanceId, SystemTime>,
     healthy_since: HashMap<String, SystemTime>,
+    /// Ledger entries a monitor pass is working on: a concurrent pass leaves them alone.
+    monitoring: HashSet<String>,
 }
 
 /// What a monitor tick judges safety on: one snapshot, and the safety verdict of every
@@ -190,19 +195,29 @@ struct TickView {
     safety: HashMap<InstanceId, Verdict>,
 }
 
-/// Marks an instance in flight for as long as it lives, and clears the mark (and any
-/// interruption time learned for it) when dropped, however its handling ends.
-struct InFlight<'a, C, K, T, S, L> {
+/// A mark in the engine's state (an instance in flight, an entry a monitor pass works on),
+/// held for as long as it lives and cleared when dropped, however the work it guards ends.
+struct Mark<'a, C, K, T, S, L> {
     engine: &'a Engine<C, K, T, S, L>,
-    instance: InstanceId,
+    key: String,
+    clear: fn(&mut State, &str),
 }
 
-impl<C, K, T, S, L> Drop for InFlight<'_, C, K, T, S, L> {
+impl<C, K, T, S, L> Drop for Mark<'_, C, K, T, S, L> {
     fn drop(&mut self) {
         let mut state = self.engine.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.in_flight.remove(&self.instance);
-        state.deadlines.remove(&self.instance);
+        (self.clear)(&mut state, &self.key);
     }
+}
+
+/// How the last step of a scale-down ended.
+enum Removal {
+    /// Paid back, as described.
+    Done(String),
+    /// Spot is no longer healthy: the fallback stays.
+    Relapsed(Verdict),
+    /// Another monitor pass settled, abandoned or restarted this scale-down meanwhile.
+    Superseded,
 }
 
 /// The spot group of an at-risk instance, its pair, and whether only draining is allowed.
@@ -728,7 +743,7 @@ where
 
     /// Reports the notice and marks its instance in flight; `None` when it already was (the
     /// notice's interruption time, if any, is merged into the running action).
-    fn begin(&self, notice: &Notice) -> Option<InFlight<'_, C, K, T, S, L>> {
+    fn begin(&self, notice: &Notice) -> Option<Mark<'_, C, K, T, S, L>> {
         let instance = notice.instance_id.clone();
         self.emit(Event::NoticeReceived {
             instance: instance.clone(),
@@ -746,9 +761,14 @@ where
             self.emit(Event::NoticeCoalesced { instance });
             return None;
         }
-        Some(InFlight {
+        // Cleared with any interruption time learned for the instance.
+        Some(Mark {
             engine: self,
-            instance,
+            key: instance,
+            clear: |state, instance| {
+                state.in_flight.remove(instance);
+                state.deadlines.remove(instance);
+            },
         })
     }
 
@@ -1520,6 +1540,9 @@ where
             .collect();
         let mut view: Option<TickView> = None;
         for entry in open {
+            let Some(_claim) = self.claim(&entry.id) else {
+                continue;
+            };
             let outcome = match (entry.kind, entry.state) {
                 (_, EntryState::Pending) if self.pending_is_stale(&entry, now) => {
                     self.settle_pending(&entry, &by_name).await.map(|_| ())
@@ -1547,6 +1570,22 @@ where
             }
         }
         Ok(report)
+    }
+
+    /// Claims an entry for this monitor pass; `None` while another pass of this engine
+    /// works on it (an embedder's overlapping ticks), which would otherwise judge, drain or
+    /// abandon the same node at the same time.
+    fn claim(&self, entry: &str) -> Option<Mark<'_, C, K, T, S, L>> {
+        self.state()
+            .monitoring
+            .insert(entry.to_string())
+            .then(|| Mark {
+                engine: self,
+                key: entry.to_string(),
+                clear: |state, entry| {
+                    state.monitoring.remove(entry);
+                },
+            })
     }
 
     async fn scale_down_step(
@@ -1634,14 +1673,15 @@ where
         };
 
         // Go: taint, cordon, drain, then terminate with decrement.
-        if entry.state != EntryState::Draining {
-            self.transition(
-                &entry.id,
-                EntryState::Draining,
-                &format!("removing node {node}"),
-            )
-            .await?;
-        }
+        let entry = if entry.state == EntryState::Draining {
+            entry.clone()
+        } else {
+            match self.start_scale_down(&entry.id, &node).await? {
+                Some(started) => started,
+                None => return Ok(()),
+            }
+        };
+        let entry = &entry;
         self.emit(Event::ScaleDownStarted {
             entry: entry.id.clone(),
             node: node.clone(),
@@ -1659,33 +1699,46 @@ where
         // the on-demand group, or the spot group (which would make it unhealthy again).
         let spot_group = entry.spot_group.as_str();
         let remove = async {
-            if self.open_entry(&entry.id).await?.is_none() {
-                return Ok(Ok(format!("{} was settled meanwhile", entry.id)));
-            }
             let names = [od.name.clone(), entry.spot_group.clone()];
             let fresh = self.cloud.describe_groups(&names).await?;
             let (g, spot) = (named(&fresh, &od.name)?, named(&fresh, spot_group)?);
             let verdict = health(spot, activities, self.clock.now(), &self.config);
             if !verdict.is_go() {
-                return Ok(Err(verdict));
+                return Ok(Removal::Relapsed(verdict));
             }
             let how = if !g.holds(&instance) {
                 format!(
                     "fallback instance {instance} left {} while it was drained",
                     od.name
                 )
-            } else if self.terminate_locked(g, &instance).await?? {
-                format!("terminated {instance} with decrement")
             } else {
-                format!(
-                    "terminated {instance} without decrement ({} at its minimum)",
-                    od.name
-                )
+                // The commit point: recorded only if this is still the scale-down that
+                // drained the node (none abandoned it and reopened the node meanwhile).
+                if !self.commit_scale_down(entry, &instance).await? {
+                    return Ok(Removal::Superseded);
+                }
+                match self.terminate_locked(g, &instance).await? {
+                    Ok(true) => format!("terminated {instance} with decrement"),
+                    Ok(false) => format!(
+                        "terminated {instance} without decrement ({} at its minimum)",
+                        od.name
+                    ),
+                    Err(e) => {
+                        let e = Error::from(e);
+                        // Refused for good: the node may be opened again. A retryable failure
+                        // (a timeout among them) may still take effect: the record stays and
+                        // the next pass settles from the group what happened.
+                        if !e.is_transient() {
+                            self.withdraw_payback(&entry.id).await?;
+                        }
+                        return Err(e);
+                    }
+                }
             };
             // Released before the locks go, so the next holder sees it given back.
             self.transition(&entry.id, EntryState::Released, &how)
                 .await?;
-            Ok(Ok(how))
+            Ok(Removal::Done(how))
         };
         // A surplus spot instance is given back to the spot group itself: one lock.
         let removed = if od.name == spot_group {
@@ -1695,15 +1748,19 @@ where
                 .await?
         };
         let how = match removed {
-            Ok(how) => how,
-            Err(verdict) => {
+            Removal::Done(how) => how,
+            Removal::Relapsed(verdict) => {
                 // Spot relapsed while the node drained: keep the fallback.
-                let draining = Entry {
-                    state: EntryState::Draining,
-                    ..entry.clone()
-                };
-                self.judge(&draining, Check::Health, verdict, report)
-                    .await?;
+                self.judge(entry, Check::Health, verdict, report).await?;
+                return Ok(());
+            }
+            Removal::Superseded => {
+                self.emit(Event::EntrySettled {
+                    entry: entry.id.clone(),
+                    note: format!(
+                        "scale-down of {node} superseded by another monitor pass; {instance} kept"
+                    ),
+                });
                 return Ok(());
             }
         };
@@ -1714,6 +1771,60 @@ where
         });
         report.released.push(entry.id.clone());
         Ok(())
+    }
+
+    /// Moves an open entry to `Draining` as a new scale-down of `node`, counted in its
+    /// `scale_downs`; returns the entry as started, or `None` when it was settled or its
+    /// payback committed meanwhile.
+    async fn start_scale_down(&self, id: &str, node: &str) -> Result<Option<Entry>, Error> {
+        let now = self.clock.now();
+        self.update_ledger(|l| {
+            let e = l
+                .get_mut(id)
+                .filter(|e| e.is_open() && e.payback.is_none())?;
+            e.state = EntryState::Draining;
+            e.scale_downs += 1;
+            e.note = format!("removing node {node}");
+            e.updated_at = now;
+            Some(e.clone())
+        })
+        .await
+    }
+
+    /// Records the termination of a drained fallback instance before it is sent, if `entry`
+    /// is still the scale-down the ledger holds (same `scale_downs`, still draining): the
+    /// fence that keeps a pass whose drain was abandoned meanwhile from terminating a node
+    /// that is open to pods again. Returns whether it was recorded.
+    async fn commit_scale_down(&self, entry: &Entry, instance: &str) -> Result<bool, Error> {
+        let payback = Payback::Terminate {
+            instance: instance.to_string(),
+        };
+        let now = self.clock.now();
+        self.update_ledger(|l| {
+            let Some(e) = l.get_mut(&entry.id) else {
+                return false;
+            };
+            let current = e.state == EntryState::Draining
+                && e.scale_downs == entry.scale_downs
+                && e.payback.as_ref().is_none_or(|p| *p == payback);
+            if current {
+                e.note = format!("paying back: {payback:?}");
+                e.payback = Some(payback.clone());
+                e.updated_at = now;
+            }
+            current
+        })
+        .await
+    }
+
+    /// Clears a recorded termination that Auto Scaling refused.
+    async fn withdraw_payback(&self, id: &str) -> Result<(), Error> {
+        self.update_ledger(|l| {
+            if let Some(e) = l.get_mut(id) {
+                e.payback = None;
+            }
+        })
+        .await
     }
 
     /// Emits a verdict; on wait, abandons a scale-down in progress (untaint, uncordon) unless
@@ -1749,7 +1860,26 @@ where
         Ok(false)
     }
 
+    /// Abandons a scale-down in progress: fences it off in the ledger first (a pass still
+    /// draining the node, in this process or a former leader, can no longer terminate it),
+    /// then opens the node to pods again. Nothing to do when its termination is already
+    /// committed or the entry settled.
     async fn abandon_scale_down(&self, entry: &Entry) -> Result<(), Error> {
+        let now = self.clock.now();
+        let fenced = self
+            .update_ledger(|l| {
+                let e = l
+                    .get_mut(&entry.id)
+                    .filter(|e| e.state == EntryState::Draining && e.payback.is_none())?;
+                e.scale_downs += 1;
+                e.note = "abandoning the scale-down".into();
+                e.updated_at = now;
+                Some(e.scale_downs)
+            })
+            .await?;
+        let Some(fence) = fenced else {
+            return Ok(());
+        };
         let snapshot = self.cluster.snapshot().await?;
         if let Some(node) = entry
             .instance
@@ -1767,11 +1897,17 @@ where
                 node: node.name.clone(),
             });
         }
-        self.transition(
-            &entry.id,
-            EntryState::Active,
-            "scale-down abandoned: spot no longer healthy and stable",
-        )
+        let now = self.clock.now();
+        self.update_ledger(|l| {
+            if let Some(e) = l
+                .get_mut(&entry.id)
+                .filter(|e| e.state == EntryState::Draining && e.scale_downs == fence)
+            {
+                e.state = EntryState::Active;
+                e.note = "scale-down abandoned: spot no longer healthy and stable".into();
+                e.updated_at = now;
+            }
+        })
         .await
     }
 

@@ -469,3 +469,30 @@ proptest! {
         run_interleaved(batches)?;
     }
 }
+
+/// Found by `capacity_changes_never_overwrite_each_other`: two monitor passes overlapping on
+/// one entry, one abandoning (reopening the node) the scale-down the other was finishing;
+/// the reopened node was then terminated under a pod.
+#[test]
+fn overlapping_monitor_passes_lose_no_pod() {
+    use Actor::*;
+    let b = |actors: Vec<Actor>, schedule: Vec<usize>, outage: bool, pass_secs: u64| Batch {
+        actors,
+        schedule,
+        outage,
+        pass_secs,
+    };
+    run_interleaved(vec![
+        b(vec![Agent(0), Agent(1)], vec![0], true, 37),
+        b(vec![Agent(2)], vec![0], false, 246),
+        b(vec![Monitor(3)], vec![0], false, 147),
+        b(vec![Monitor(2)], vec![0], false, 90),
+        b(
+            vec![Agent(4), Monitor(1), Monitor(1), Agent(1), Monitor(2)],
+            vec![6, 2, 36, 14, 19, 35, 31, 46, 26, 15],
+            false,
+            0,
+        ),
+    ])
+    .unwrap();
+}

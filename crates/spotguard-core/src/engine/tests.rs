@@ -13,7 +13,9 @@ use super::fakes::*;
 use super::*;
 use crate::events::Recorder;
 use crate::lock::LocalScaleLock;
-use crate::model::{CapacityType, ClusterSnapshot, HealthStatus, Instance, LifecycleState};
+use crate::model::{
+    Activity, CapacityType, ClusterSnapshot, HealthStatus, Instance, LifecycleState,
+};
 use crate::ports::{MockCloud, MockCluster, PodOutcome, PodReport};
 
 type FakeEngine<'a> =
@@ -858,6 +860,121 @@ fn spot_relapse_during_scale_down_abandons_and_untaints() {
         EntryState::Active
     );
     assert!(w.mutations().is_empty());
+}
+
+/// Leadership moved while the former leader drained a fallback node: the new leader judged
+/// spot not yet stable and abandoned the scale-down (the node takes pods again). The former
+/// leader's removal, already past its drain, must not terminate the reopened node.
+#[test]
+fn a_scale_down_abandoned_by_another_monitor_does_not_terminate_the_node() {
+    let (mut w, instance, entry) = after_fallback();
+    w.settle(Duration::from_secs(700));
+    recover_spot(&w);
+    w.cloud.interleave = true;
+    let node = format!("node-{instance}");
+    let former = w.engine();
+    let waker = futures::task::noop_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    // The former leader ticks until spot is stable, drains, and reaches the removal (its
+    // fresh describe of both groups), where it is held.
+    let reached = || {
+        w.cloud
+            .calls()
+            .contains(&"describe web-od,web-spot".to_string())
+    };
+    let mut held = None;
+    for _ in 0..10 {
+        w.settle(Duration::from_secs(30));
+        let mut tick = Box::pin(former.monitor_tick());
+        loop {
+            match std::future::Future::poll(tick.as_mut(), &mut cx) {
+                std::task::Poll::Ready(report) => {
+                    report.unwrap();
+                    break;
+                }
+                std::task::Poll::Pending if reached() => {
+                    held = Some(tick);
+                    break;
+                }
+                std::task::Poll::Pending => {}
+            }
+        }
+        if held.is_some() {
+            break;
+        }
+    }
+    let tick = held.expect("the former leader never reached its removal");
+    assert!(w.cluster.calls().contains(&format!("drain {node}")));
+
+    // The new leader sees a scaling activity just now: not stable, abandon.
+    {
+        let mut st = w.cloud.st();
+        let now = st.now;
+        st.activities.push(Activity {
+            id: "act-late".into(),
+            group: "web-spot".into(),
+            status: ActivityStatus::Successful,
+            start: now,
+            end: Some(now),
+            description: "Launching a new EC2 instance".into(),
+            status_message: None,
+        });
+    }
+    block_on(w.engine().monitor_tick()).unwrap();
+    assert!(
+        !w.cluster.node(&node).unschedulable,
+        "the new leader reopens the node"
+    );
+    // The scheduler puts a pod on it.
+    w.cluster.add_pod("late", &node, 100);
+
+    let report = block_on(tick).unwrap();
+    assert!(report.released.is_empty(), "{report:?}");
+    assert!(w.mutations().is_empty(), "{:?}", w.mutations());
+    w.cluster.sync_nodes(&w.cloud);
+    assert_eq!(*w.cluster.lost_pods.lock().unwrap(), 0);
+    let e = w.store.ledger().get(&entry).unwrap().clone();
+    assert_eq!((e.state, e.payback), (EntryState::Active, None));
+    assert!(w
+        .event_texts()
+        .iter()
+        .any(|t| t.contains("superseded by another monitor pass")));
+}
+
+/// An embedder ticking one engine from two tasks at once: the passes never work on the same
+/// entry together (found by `capacity_changes_never_overwrite_each_other`: one pass abandoned
+/// the scale-down the other was finishing, and the reopened node was terminated with a pod).
+#[test]
+fn overlapping_ticks_of_one_engine_work_on_an_entry_one_at_a_time() {
+    let (mut w, instance, entry) = after_fallback();
+    w.settle(Duration::from_secs(700));
+    recover_spot(&w);
+    w.cloud.interleave = true;
+    w.cluster.interleave = true;
+    let engine = w.engine();
+    for _ in 0..6 {
+        w.settle(Duration::from_secs(30));
+        let reports = block_on(join_all([engine.monitor_tick(), engine.monitor_tick()]));
+        for r in reports {
+            r.unwrap();
+        }
+    }
+    let node = format!("node-{instance}");
+    let drains = w
+        .cluster
+        .calls()
+        .iter()
+        .filter(|c| **c == format!("drain {node}"))
+        .count();
+    assert_eq!(drains, 1, "{:?}", w.cluster.calls());
+    assert_eq!(
+        w.mutations(),
+        vec![format!("terminate {instance} decrement=true")]
+    );
+    assert_eq!(
+        w.store.ledger().get(&entry).unwrap().state,
+        EntryState::Released
+    );
 }
 
 #[test]
