@@ -286,19 +286,33 @@ struct Watch<K: Cached> {
     state: Arc<Mutex<State>>,
     /// Set once the first list is complete.
     ready: watch::Sender<bool>,
+    /// Counts this watch's changes of the cached objects, for those who wait on them.
+    changes: watch::Sender<u64>,
     /// Objects of a (re-)list in progress; they replace the cached ones at once when it
     /// ends, so objects deleted while no watch was open disappear.
     listing: Option<Objects<K::Model>>,
 }
 
 impl<K: Cached> Watch<K> {
-    fn new(how: Arc<Translation>, state: Arc<Mutex<State>>, ready: watch::Sender<bool>) -> Self {
+    fn new(
+        how: Arc<Translation>,
+        state: Arc<Mutex<State>>,
+        ready: watch::Sender<bool>,
+        changes: watch::Sender<u64>,
+    ) -> Self {
         Self {
             how,
             state,
             ready,
+            changes,
             listing: None,
         }
+    }
+
+    /// Records a change of the cached objects (the state's lock held).
+    fn changed(&self, state: &mut State) {
+        state.generation += 1;
+        self.changes.send_modify(|n| *n += 1);
     }
 
     fn handle(&mut self, event: Event<K>) {
@@ -315,7 +329,7 @@ impl<K: Cached> Watch<K> {
                 {
                     let mut state = lock(&self.state);
                     *K::objects(&mut state) = listed;
-                    state.generation += 1;
+                    self.changed(&mut state);
                 }
                 self.ready.send_replace(true);
             }
@@ -325,14 +339,14 @@ impl<K: Cached> Watch<K> {
                 drop(object);
                 let mut state = lock(&self.state);
                 if K::objects(&mut state).put(key, translated) {
-                    state.generation += 1;
+                    self.changed(&mut state);
                 }
             }
             Event::Delete(object) => {
                 let key = key(&object);
                 let mut state = lock(&self.state);
                 if K::objects(&mut state).remove(&key) {
-                    state.generation += 1;
+                    self.changed(&mut state);
                 }
             }
         }
@@ -361,6 +375,8 @@ pub struct SnapshotCache {
     state: Arc<Mutex<State>>,
     /// Per watch: its resource and whether its first list completed.
     ready: Vec<(&'static str, watch::Receiver<bool>)>,
+    /// Per watch: its resource and the count of its changes.
+    changes: Vec<(&'static str, watch::Receiver<u64>)>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -371,6 +387,7 @@ impl SnapshotCache {
         let mut cache = Self {
             state: Arc::new(Mutex::new(State::default())),
             ready: Vec::new(),
+            changes: Vec::new(),
             tasks: Vec::new(),
         };
         let how = Arc::new(Translation {
@@ -397,7 +414,9 @@ impl SnapshotCache {
     fn spawn<K: Cached>(&mut self, api: Api<K>, config: watcher::Config, how: Arc<Translation>) {
         let (sender, receiver) = watch::channel(false);
         self.ready.push((K::RESOURCE, receiver));
-        let watch = Watch::<K>::new(how, self.state.clone(), sender);
+        let (changes, counted) = watch::channel(0);
+        self.changes.push((K::RESOURCE, counted));
+        let watch = Watch::<K>::new(how, self.state.clone(), sender, changes);
         self.tasks.push(tokio::spawn(watch.run(api, config)));
     }
 
@@ -432,6 +451,18 @@ impl SnapshotCache {
                 })
             }
         }
+    }
+
+    /// Marks a change whenever the cached nodes change (a node added, removed, or changed in
+    /// what the core model keeps of it, annotations included for a cluster-wide cache): what
+    /// the controller waits on to read the notices agents record on their nodes, with no
+    /// call and no snapshot while nothing moves.
+    pub fn node_changes(&self) -> watch::Receiver<u64> {
+        self.changes
+            .iter()
+            .find(|(resource, _)| *resource == KNode::RESOURCE)
+            .map(|(_, changes)| changes.clone())
+            .expect("every cache watches nodes")
     }
 
     /// How many changes the caches have seen; a snapshot is rebuilt only when this moved.
@@ -516,6 +547,7 @@ mod tests {
         SnapshotCache {
             state: Arc::new(Mutex::new(State::default())),
             ready: Vec::new(),
+            changes: Vec::new(),
             tasks: Vec::new(),
         }
     }
@@ -523,11 +555,35 @@ mod tests {
     fn watch_of<K: Cached>(cache: &mut SnapshotCache) -> Watch<K> {
         let (sender, receiver) = watch::channel(false);
         cache.ready.push((K::RESOURCE, receiver));
+        let (changes, counted) = watch::channel(0);
+        cache.changes.push((K::RESOURCE, counted));
         let how = Translation {
             labels: CapacityLabels::default(),
             node_details: true,
         };
-        Watch::new(Arc::new(how), cache.state.clone(), sender)
+        Watch::new(Arc::new(how), cache.state.clone(), sender, changes)
+    }
+
+    #[test]
+    fn node_changes_count_what_the_model_keeps_changing() {
+        let mut cache = cache();
+        let mut nodes = watch_of::<KNode>(&mut cache);
+        let changes = cache.node_changes();
+        nodes.handle(Event::Init);
+        nodes.handle(Event::InitApply(knode("a", "4Gi")));
+        assert_eq!(*changes.borrow(), 0, "nothing before the list completes");
+        nodes.handle(Event::InitDone);
+        assert_eq!(*changes.borrow(), 1);
+        // A heartbeat-like update the model does not keep: no change.
+        nodes.handle(Event::Apply(knode("a", "4Gi")));
+        assert_eq!(*changes.borrow(), 1);
+        let mut annotated = knode("a", "4Gi");
+        annotated.metadata.annotations =
+            Some([("spotguard.dev/notice".to_string(), "{}".to_string())].into());
+        nodes.handle(Event::Apply(annotated.clone()));
+        assert_eq!(*changes.borrow(), 2);
+        nodes.handle(Event::Delete(annotated));
+        assert_eq!(*changes.borrow(), 3);
     }
 
     fn pod(namespace: &str, name: &str, node: Option<&str>) -> KPod {

@@ -16,6 +16,8 @@
 //! - [`LeaderElector`] — leader election on a Lease so one monitor acts at a time
 //!   (invariant 2).
 //! - [`NodeEvents`] — Kubernetes Events on nodes for what Spot Guard did.
+//! - [`notice`] — the hand-over of a notice from an agent (which may write only its own
+//!   Node) to the controller, recorded on that Node.
 //!
 //! What it is **not**: it makes no decision. Whether a node may be drained or a fallback
 //! given back is decided in `spotguard-core`; this crate translates API objects into the core
@@ -38,6 +40,7 @@ pub mod error;
 pub mod events;
 pub mod lease;
 pub mod ledger_store;
+pub mod notice;
 pub mod quantity;
 pub mod snapshot;
 pub mod taint;

@@ -149,6 +149,15 @@ pub async fn add_taint(
     policy: WritePolicy,
 ) -> Result<bool, Error> {
     update_node(api, node, policy, "taint", |current| {
+        taint_ops(current, taint)
+    })
+    .await
+}
+
+/// The JSON patch operations putting `taint` on `current` (see [`add_taint`]); `None` when it
+/// is there already.
+pub(crate) fn taint_ops(current: &Node, taint: &Taint) -> Option<Vec<Value>> {
+    {
         let mut taints = taints_of(current);
         let effect = taint.effect.as_str();
         let wanted = Some(taint.value.clone()).filter(|v| !v.is_empty());
@@ -171,8 +180,7 @@ pub async fn add_taint(
         } else {
             set_taints_op(&taints)
         }])
-    })
-    .await
+    }
 }
 
 /// Removes every taint with this key. Returns whether the node changed.
