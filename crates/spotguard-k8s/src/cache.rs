@@ -465,6 +465,19 @@ impl SnapshotCache {
             .expect("every cache watches nodes")
     }
 
+    /// The cached nodes carrying annotation `key` (an agent's cache keeps no annotations),
+    /// read without building a snapshot: what the controller scans on every
+    /// [`SnapshotCache::node_changes`].
+    pub fn nodes_with_annotation(&self, key: &str) -> Vec<Node> {
+        lock(&self.state)
+            .nodes
+            .ok
+            .values()
+            .filter(|n| n.annotations.contains_key(key))
+            .cloned()
+            .collect()
+    }
+
     /// How many changes the caches have seen; a snapshot is rebuilt only when this moved.
     pub fn generation(&self) -> u64 {
         lock(&self.state).generation

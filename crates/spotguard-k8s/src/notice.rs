@@ -25,7 +25,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use spotguard_core::model::{InstanceId, Node, Taint};
 use spotguard_core::notice::{Notice, NoticeKind};
-use spotguard_core::view::ClusterView;
 
 use crate::error::{object_name, Error};
 use crate::taint::{taint_ops, update_node, WritePolicy};
@@ -185,15 +184,17 @@ pub async fn mark_node(
     .await
 }
 
-/// Removes the notice record from the node (the controller, once the node is kept). Returns
-/// whether the node changed; a node already gone is not an error.
+/// Removes the notice record `record` from the node (the controller, once it has handled
+/// it). A different record there (the agent recorded a newer notice meanwhile) is kept.
+/// Returns whether the node changed; a node already gone is not an error.
 pub async fn clear_notice(
     api: &Api<KNode>,
     node: &str,
+    record: &str,
     policy: WritePolicy,
 ) -> Result<bool, Error> {
     match update_node(api, node, policy, "clear notice", |current| {
-        record_of(current).map(|_| annotation_ops(current, None))
+        (record_of(current) == Some(record)).then(|| annotation_ops(current, None))
     })
     .await
     {
@@ -230,10 +231,10 @@ pub struct PendingNotice {
     pub notice: Result<Notice, Error>,
 }
 
-/// Every notice recorded on a node of `view` (nodes in name order).
-pub fn pending_notices(view: &ClusterView) -> Vec<PendingNotice> {
-    view.nodes
-        .iter()
+/// Every notice recorded on `nodes` (see [`crate::SnapshotCache::nodes_with_annotation`]).
+pub fn pending_notices<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> Vec<PendingNotice> {
+    nodes
+        .into_iter()
         .filter_map(|node| {
             let record = node.annotations.get(NOTICE_ANNOTATION)?;
             Some(PendingNotice {

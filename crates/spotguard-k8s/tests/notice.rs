@@ -14,7 +14,9 @@ use kube::Api;
 use serde_json::json;
 use spotguard_core::model::{Taint, TaintEffect};
 use spotguard_core::notice::{Notice, NoticeKind};
-use spotguard_k8s::notice::{clear_notice, mark_node, pending_notices, NOTICE_ANNOTATION};
+use spotguard_k8s::notice::{
+    clear_notice, mark_node, pending_notices, NoticeRecord, NOTICE_ANNOTATION,
+};
 use spotguard_k8s::taint::WritePolicy;
 use spotguard_k8s::KubeCluster;
 use spotguard_testkit_k8s::{eventually, ApiFaultProxy};
@@ -60,7 +62,7 @@ async fn get(node: &str) -> Node {
 
 /// The notices the controller's cache holds for `node`, once its changes have arrived.
 async fn pending_for(cluster: &KubeCluster, node: &str) -> Vec<Result<Notice, String>> {
-    pending_notices(&cluster.cache().snapshot().expect("a snapshot"))
+    pending_notices(&cluster.cache().nodes_with_annotation(NOTICE_ANNOTATION))
         .into_iter()
         .filter(|p| p.node == node)
         .map(|p| p.notice.map_err(|e| e.to_string()))
@@ -154,19 +156,26 @@ async fn an_agent_marks_its_node_in_one_write_and_the_controller_wakes_to_read_i
     )
     .await;
 
-    // The controller clears the record of a node it keeps; the taint is phase 1's to lift.
+    // The controller clears the record it handled, not a newer one; the taint is phase 1's
+    // to lift.
     let admin = Api::<Node>::all(cp.admin_client());
-    assert!(clear_notice(&admin, &node, WritePolicy::default())
-        .await
-        .unwrap());
-    assert!(!clear_notice(&admin, &node, WritePolicy::default())
-        .await
-        .unwrap());
+    let handled = NoticeRecord::from(&rebalance(&node)).to_value();
+    let current = NoticeRecord::from(&interruption(&node)).to_value();
+    let clear = |node: String, record: String| {
+        let admin = admin.clone();
+        async move {
+            clear_notice(&admin, &node, &record, WritePolicy::default())
+                .await
+                .unwrap()
+        }
+    };
     assert!(
-        !clear_notice(&admin, "no-such-node", WritePolicy::default())
-            .await
-            .unwrap()
+        !clear(node.clone(), handled).await,
+        "a newer record is kept"
     );
+    assert!(clear(node.clone(), current.clone()).await);
+    assert!(!clear(node.clone(), current.clone()).await);
+    assert!(!clear("no-such-node".into(), current).await);
     let cleared = get(&node).await;
     assert!(!cleared
         .metadata
@@ -204,8 +213,7 @@ async fn records_that_are_malformed_or_name_another_instance_are_refused_by_name
     // The agent of `liar` records a notice about the instance of `garbled`.
     let mut foreign = rebalance(&garbled);
     foreign.instance_id = instance_of(&garbled);
-    let value =
-        serde_json::to_string(&spotguard_k8s::notice::NoticeRecord::from(&foreign)).unwrap();
+    let value = NoticeRecord::from(&foreign).to_value();
     admin
         .patch(
             &liar,
