@@ -274,6 +274,7 @@ pub fn steady_world(nodes: usize, pairs: usize) -> World {
             updated_at: t0,
             note: "spot capacity unavailable; on-demand fallback launched".into(),
             payback: None,
+            scale_downs: 0,
         });
     }
     World {
