@@ -25,6 +25,8 @@ struct State {
     issued: u64,
     unauthorized: u32,
     gets: BTreeMap<String, u32>,
+    /// When a notice was first served, by path.
+    first_served: BTreeMap<String, Instant>,
 }
 
 /// A local IMDS on 127.0.0.1 (stops when dropped):
@@ -61,6 +63,11 @@ impl ImdsServer {
         self.listener.url()
     }
 
+    /// The instance it serves.
+    pub fn instance_id(&self) -> String {
+        self.state.lock().unwrap().instance_id.clone()
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -79,7 +86,9 @@ impl ImdsServer {
 
     /// Serves any body (malformed ones too) at the rebalance path; `None` answers 404.
     pub fn set_rebalance_payload(&self, payload: Option<String>) {
-        self.state().rebalance = payload;
+        let mut state = self.state();
+        state.rebalance = payload;
+        state.first_served.remove(REBALANCE_PATH);
     }
 
     /// Serves any body (malformed ones too) at the instance-action path; `None` answers 404.
@@ -118,6 +127,12 @@ impl ImdsServer {
     /// GETs refused with 401.
     pub fn unauthorized(&self) -> u32 {
         self.state().unauthorized
+    }
+
+    /// When the rebalance recommendation set last was first answered to a poll (the moment
+    /// the watcher saw it), if it was.
+    pub fn rebalance_first_served(&self) -> Option<Instant> {
+        self.state().first_served.get(REBALANCE_PATH).copied()
     }
 
     /// Authorized GETs of a path.
@@ -172,6 +187,11 @@ async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>) -> Reply {
                 INSTANCE_ACTION_PATH => s.instance_action.clone(),
                 _ => None,
             };
+            if body.is_some() && path != INSTANCE_ID_PATH {
+                s.first_served
+                    .entry(path.clone())
+                    .or_insert_with(Instant::now);
+            }
             match body {
                 Some(body) => reply(200, "text/plain", body),
                 None => reply(404, "text/html", "Not Found"),
