@@ -62,7 +62,7 @@ use base64::Engine as _;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use kube::api::{DeleteParams, PostParams};
 use kube::Api;
-use serde_json::json;
+use serde_json::{json, Value};
 
 pub use node::{node_is_ready, pod_is_ready, NodeBuilder, NODE_READY_TIMEOUT};
 use process::{Janitor, Supervised};
@@ -342,24 +342,55 @@ impl ControlPlane {
     /// A bearer token of ServiceAccount `namespace/name` from the TokenRequest API, valid for
     /// two hours (what a pod's projected token is, without a pod).
     pub async fn service_account_token(&self, namespace: &str, name: &str) -> String {
+        self.issue_token(namespace, name, json!({"expirationSeconds": 7200}), "")
+            .await
+    }
+
+    /// A token of ServiceAccount `namespace/name` bound to pod `namespace/pod` (which must run
+    /// as that account), valid for two hours: what the kubelet mounts into the pod. It carries
+    /// the pod's node (`authentication.kubernetes.io/node-name`) once the pod is bound to one.
+    ///
+    /// # Panics
+    /// When the pod cannot be read or the API server refuses the request.
+    pub async fn pod_service_account_token(
+        &self,
+        namespace: &str,
+        name: &str,
+        pod: &str,
+    ) -> String {
+        use k8s_openapi::api::core::v1::Pod;
+        let bound = Api::<Pod>::namespaced(self.admin_client(), namespace)
+            .get(pod)
+            .await
+            .unwrap_or_else(|e| panic!("reading pod {namespace}/{pod}: {e}"));
+        let spec = json!({
+            "expirationSeconds": 7200,
+            "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": pod, "uid": bound.metadata.uid},
+        });
+        self.issue_token(namespace, name, spec, &format!(" bound to pod {pod}"))
+            .await
+    }
+
+    /// A token from the TokenRequest API with `spec`; `what` completes messages.
+    async fn issue_token(&self, namespace: &str, name: &str, spec: Value, what: &str) -> String {
         use k8s_openapi::api::authentication::v1::TokenRequest;
         let accounts: Api<ServiceAccount> = Api::namespaced(self.admin_client(), namespace);
         let request: TokenRequest = serde_json::from_value(json!({
             "apiVersion": "authentication.k8s.io/v1",
             "kind": "TokenRequest",
-            "spec": {"expirationSeconds": 7200},
+            "spec": spec,
         }))
         .expect("a TokenRequest");
         let issued = accounts
             .create_token_request(name, &PostParams::default(), &request)
             .await
             .unwrap_or_else(|e| {
-                panic!("requesting a token of ServiceAccount {namespace}/{name}: {e}")
+                panic!("requesting a token of ServiceAccount {namespace}/{name}{what}: {e}")
             });
         let token: String = issued.status.and_then(|s| s.token).unwrap_or_default();
         assert!(
             !token.is_empty(),
-            "the token request of {namespace}/{name} came back without a token"
+            "the token request of {namespace}/{name}{what} came back without a token"
         );
         token
     }
