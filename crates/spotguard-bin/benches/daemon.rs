@@ -3,11 +3,17 @@
 //! tests (kube-apiserver v1.37.2 and its controllers, kwok nodes), each process as its role's
 //! ServiceAccount with the chart's RBAC.
 //!
-//! - Reaction latency: an agent with the default `imds_poll` of 2s; a rebalance notice is put
-//!   at its IMDS endpoint at a random moment, and the time until the `SetDesiredCapacity` of
-//!   the spot pre-scale reaches the proxy in front of moto is recorded. Each notice is for a
-//!   fresh spot instance watched by a fresh agent; the flow (pre-scale, drain, payback) is let
-//!   finish before the next. `SPOTGUARD_BENCH_NOTICES` sets the number of notices (50).
+//! - Reaction latency, two ways in one run: a rebalance notice is put at an IMDS endpoint at a
+//!   random moment of the default `imds_poll` of 2s, and the time from the poll that first
+//!   answered it (the moment the agent saw it) until the `SetDesiredCapacity` of the spot
+//!   pre-scale reaches the proxy in front of moto is recorded: the poll interval, which both
+//!   ways share, is left out. *Hand-over*: an agent process (the agents' token, no AWS credentials) marks its
+//!   node and the leading controller process, woken by its node watch, runs phase 1 — the
+//!   production topology. *In-process*: one `--role all` process whose agent hands the notice
+//!   straight to its own controller, as when the agent ran phase 1 itself. Each notice is for
+//!   a fresh spot instance watched by a fresh process; the flow (pre-scale, drain, payback) is
+//!   let finish before the next. `SPOTGUARD_BENCH_NOTICES` sets the number of notices of each
+//!   (50).
 //! - Footprint: idle RSS (VmRSS), peak RSS (VmHWM) and CPU (utime + stime over 30s,
 //!   `SPOTGUARD_BENCH_IDLE_SECS`) of `spotguard run --role agent` and `--role controller` with
 //!   the production timings, while the cluster holds 1,000 kwok nodes and 30,000 pods
@@ -106,25 +112,49 @@ fn clock_ticks_per_second() -> f64 {
         .unwrap_or(100.0)
 }
 
-async fn reaction_latency(world: &World, notices: usize) -> Vec<Duration> {
+/// How a notice reaches phase 1 in a latency run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Topology {
+    /// An agent process marks its node; a controller process takes the record in.
+    HandOver,
+    /// One `--role all` process: straight from its agent to its controller.
+    InProcess,
+}
+
+/// The latency of each notice, in order; the poll phases come from `seed`, so two runs with
+/// one seed meet the same phases notice by notice.
+async fn reaction_latency(
+    world: &World,
+    notices: usize,
+    topology: Topology,
+    mut seed: u64,
+) -> Vec<Duration> {
     production_timings(world, false);
-    let mut used = std::collections::BTreeSet::new();
+    let mut controller = match topology {
+        Topology::HandOver => {
+            let mut c = world.spawn("controller", "controller", None, &[]).await;
+            c.wait_ready(Duration::from_secs(60)).await;
+            leading(&c).await;
+            Some(c)
+        }
+        Topology::InProcess => None,
+    };
     let mut latencies = Vec::with_capacity(notices);
-    let mut seed = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .expect("clock")
-        .subsec_nanos() as u64;
     for n in 0..notices {
         let before = world.group(SPOT).await;
-        let at_risk = before
-            .instance_ids()
-            .into_iter()
-            .find(|i| !used.contains(i))
-            .expect("an instance not used yet");
-        used.insert(at_risk.clone());
+        // The instances of the group now are never used before: each run pays its
+        // pre-scale back by terminating the at-risk one.
+        let at_risk = before.instance_ids()[0].clone();
         let imds = ImdsServer::start(&at_risk).await;
-        let mut agent = world.spawn(&format!("agent-{n}"), "agent", Some(&imds), &[]);
-        agent.wait_ready(Duration::from_secs(60)).await;
+        let (name, role) = match topology {
+            Topology::HandOver => (format!("agent-{n}"), "agent"),
+            Topology::InProcess => (format!("all-{n}"), "all"),
+        };
+        let mut process = world.spawn(&name, role, Some(&imds), &[]).await;
+        process.wait_ready(Duration::from_secs(60)).await;
+        if topology == Topology::InProcess {
+            leading(&process).await;
+        }
         // The notice appears at a random moment of the poll interval.
         seed = seed
             .wrapping_mul(6364136223846793005)
@@ -138,11 +168,17 @@ async fn reaction_latency(world: &World, notices: usize) -> Vec<Duration> {
             assert!(
                 started.elapsed() < Duration::from_secs(30),
                 "no SetDesiredCapacity within 30s:\n{}",
-                agent.output()
+                process.output()
             );
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        latencies.push(started.elapsed());
+        let set = Instant::now();
+        // From the poll that answered the notice: what EC2's notice costs beyond the poll
+        // interval, which both ways share.
+        let seen = imds
+            .rebalance_first_served()
+            .expect("the notice was served before it was acted on");
+        latencies.push(set.saturating_duration_since(seen));
         // Let the flow finish: the at-risk instance drained and terminated with decrement.
         world
             .group_until(
@@ -152,16 +188,37 @@ async fn reaction_latency(world: &World, notices: usize) -> Vec<Duration> {
                 |g| g.desired == before.desired && !g.holds(&at_risk),
             )
             .await;
-        agent.terminate();
-        agent.wait_exit(Duration::from_secs(30)).await;
+        process.terminate();
+        process.wait_exit(Duration::from_secs(30)).await;
         eprintln!(
-            "notice {}/{notices}: {:.0} ms",
+            "{} notice {}/{notices}: {:.0} ms",
+            match topology {
+                Topology::HandOver => "hand-over",
+                Topology::InProcess => "in-process",
+            },
             n + 1,
             ms(*latencies.last().expect("just pushed"))
         );
     }
-    latencies.sort();
+    if let Some(c) = controller.as_mut() {
+        c.terminate();
+        c.wait_exit(Duration::from_secs(30)).await;
+    }
     latencies
+}
+
+fn sorted(latencies: &[Duration]) -> Vec<Duration> {
+    let mut sorted = latencies.to_vec();
+    sorted.sort();
+    sorted
+}
+
+/// Waits until the process leads (it takes notices in only then).
+async fn leading(process: &harness::Daemon) {
+    harness::eventually("leading", Duration::from_secs(60), || async {
+        process.metrics().await.contains("spotguard_leader 1")
+    })
+    .await;
 }
 
 struct Footprint {
@@ -179,7 +236,9 @@ async fn footprint(world: &World, role: &'static str, idle: Duration) -> Footpri
         }
         _ => None,
     };
-    let mut daemon = world.spawn(&format!("idle-{role}"), role, imds.as_ref(), &[]);
+    let mut daemon = world
+        .spawn(&format!("idle-{role}"), role, imds.as_ref(), &[])
+        .await;
     daemon.wait_ready(Duration::from_secs(120)).await;
     // Settle: caches filled, first ticks done.
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -223,7 +282,20 @@ async fn main() {
     ])
     .await;
 
-    let latencies = reaction_latency(&world, notices).await;
+    let seed = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("clock")
+        .subsec_nanos() as u64;
+    let handed_over = reaction_latency(&world, notices, Topology::HandOver, seed).await;
+    let in_process = reaction_latency(&world, notices, Topology::InProcess, seed).await;
+    // Notice by notice, at the same poll phase.
+    let mut paired: Vec<f64> = handed_over
+        .iter()
+        .zip(&in_process)
+        .map(|(h, i)| ms(*h) - ms(*i))
+        .collect();
+    paired.sort_by(f64::total_cmp);
+    let (handed_over, in_process) = (sorted(&handed_over), sorted(&in_process));
     production_timings(&world, true);
     let admin = world.admin();
     let count = |what: &'static str| {
@@ -263,21 +335,41 @@ async fn main() {
     let agent = footprint(&world, "agent", idle).await;
     let controller = footprint(&world, "controller", idle).await;
 
-    let p50 = percentile(&latencies, 0.5);
-    let p99 = percentile(&latencies, 0.99);
     let poll = POLL.as_secs_f64();
     println!();
-    println!("| notices | imds_poll | p50 | p99 | max | p50 / poll | p99 / poll |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
     println!(
-        "| {} | {:.0} s | {:.0} ms | {:.0} ms | {:.0} ms | {:.2} | {:.2} |",
-        latencies.len(),
-        poll,
-        ms(p50),
-        ms(p99),
-        ms(*latencies.last().expect("at least one notice")),
-        p50.as_secs_f64() / poll,
-        p99.as_secs_f64() / poll,
+        "| notice seen → SetDesiredCapacity | notices | imds_poll | p50 | p99 | max | p50 / poll |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for (how, latencies) in [
+        (
+            "hand-over: agent marks its node, controller takes it in",
+            &handed_over,
+        ),
+        (
+            "in-process: agent and controller in one process",
+            &in_process,
+        ),
+    ] {
+        let p50 = percentile(latencies, 0.5);
+        println!(
+            "| {how} | {} | {:.0} s | {:.0} ms | {:.0} ms | {:.0} ms | {:.2} |",
+            latencies.len(),
+            poll,
+            ms(p50),
+            ms(percentile(latencies, 0.99)),
+            ms(*latencies.last().expect("at least one notice")),
+            p50.as_secs_f64() / poll,
+        );
+    }
+    println!();
+    println!(
+        "Hand-over minus in-process: {:+.0} ms at the median; notice by notice (same poll \
+         phase), median {:+.0} ms, from {:+.0} to {:+.0} ms.",
+        ms(percentile(&handed_over, 0.5)) - ms(percentile(&in_process, 0.5)),
+        paired[paired.len() / 2],
+        paired[0],
+        paired[paired.len() - 1],
     );
     println!();
     println!(

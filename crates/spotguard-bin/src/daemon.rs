@@ -1,11 +1,12 @@
-//! `spotguard run`: wires the engine to AWS and Kubernetes and runs the roles.
+//! `spotguard run`: wires the roles to AWS and Kubernetes and runs them.
 //!
-//! Start-up only reads: the configuration is validated, the API server and Auto Scaling are
-//! reached (every configured group must exist), for an agent IMDS gives this node's instance
-//! id, and the watch caches sync. An agent alone (`role = "agent"`) caches every node but only
-//! the pods of its own node ([`CacheScope::Node`]): `daemon.node_name` when set, otherwise the
-//! node whose `spec.providerID` holds the instance id. Any failure there is one error line and
-//! a non-zero exit, with nothing changed anywhere. Only then do the roles start.
+//! Start-up only reads. The configuration is validated and the API server reached. An agent
+//! reads its instance id from IMDS and its own Node (`daemon.node_name`, which the chart sets
+//! from `spec.nodeName`; otherwise the node whose `spec.providerID` holds the instance id, if
+//! the agent may list nodes): it needs nothing else, no cloud credentials and no watch cache.
+//! A controller reaches Auto Scaling (every configured group must exist) and syncs its watch
+//! caches. Any failure there is one error line and a non-zero exit, with nothing changed
+//! anywhere. Only then do the roles start.
 
 use std::collections::HashSet;
 use std::process::ExitCode;
@@ -13,6 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use k8s_openapi::api::core::v1::Node as KNode;
+use kube::Api;
 use spotguard_aws::{AwsCloud, AwsError, NoticeWatcher};
 use spotguard_core::config::ConfigWarning;
 use spotguard_core::engine::Engine;
@@ -30,9 +33,9 @@ use crate::cli::RunArgs;
 use crate::dry_run::DryRun;
 use crate::endpoints::{Endpoints, Readiness};
 use crate::metrics::{Metered, Metrics};
-use crate::observer::{publish_node_events, DaemonObserver};
-use crate::roles::{run_agent, run_controller};
-use crate::settings::{DaemonConfig, LogFormat, Role, SettingsError};
+use crate::observer::{publish_node_events, DaemonObserver, NoticeNodes};
+use crate::roles::{run_agent, run_controller, Handover, NodeMarker, NoticeIntake};
+use crate::settings::{DaemonConfig, LogFormat, SettingsError};
 use crate::shutdown::{self, Shutdown};
 
 /// The engine as the daemon wires it.
@@ -142,7 +145,7 @@ pub fn run(args: RunArgs) -> ExitCode {
         eprintln!("spotguard: {e}");
         return ExitCode::from(2);
     }
-    // An agent waits on IMDS and the API server and runs phase 1 once in a while: one worker
+    // An agent waits on IMDS and writes its node once in a while: one worker
     // keeps its threads, stacks and allocator arenas to the minimum on every spot node. The
     // controller judges the whole cluster each tick: two.
     let workers = if config.daemon.role.runs_controller() {
@@ -270,7 +273,7 @@ async fn serve(config: DaemonConfig, warnings: Vec<ConfigWarning>) -> Result<(),
         message: e.to_string(),
     })?;
     let metrics = Metrics::new(role.as_str(), d.dry_run);
-    let readiness = Arc::new(Readiness::new(role.runs_agent()));
+    let readiness = Arc::new(Readiness::new(role.runs_agent(), role.runs_controller()));
 
     // Endpoints first, so probes get answers while the caches sync.
     let listener = TcpListener::bind(&d.metrics_addr)
@@ -318,7 +321,192 @@ async fn serve(config: DaemonConfig, warnings: Vec<ConfigWarning>) -> Result<(),
         }
     }
 
-    // Auto Scaling: every configured group must exist.
+    // Controller: Auto Scaling, the watch caches, the engine.
+    let identity = default_identity();
+    let controller = if role.runs_controller() {
+        Some(
+            start_controller(
+                &config,
+                &client,
+                kube_config,
+                &metrics,
+                &readiness,
+                &identity,
+                within,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    // Agent: this node's instance and its Node, read before anything acts.
+    let agent = if role.runs_agent() {
+        let mut b = NoticeWatcher::builder();
+        if let Some(endpoint) = &d.imds_endpoint {
+            b = b.endpoint(endpoint);
+        }
+        if let Some(file) = &d.notice_state_file {
+            b = b.state_file(file);
+        }
+        let watcher = match tokio::time::timeout(within, b.connect()).await {
+            Ok(Ok(w)) => w,
+            Ok(Err(e)) => return Err(StartError::Imds(one_line(e))),
+            Err(_) => return Err(StartError::Imds(bounded("daemon.startup_timeout"))),
+        };
+        let stats = watcher.stats();
+        metrics.on_scrape(move |m| m.sync_imds(&stats));
+        Readiness::set(&readiness.imds_connected);
+        let node = own_node(&d, &client, watcher.instance_id(), within).await?;
+        read_own_node(&client, &node, within).await?;
+        Readiness::set(&readiness.own_node_read);
+        Some((watcher, node))
+    } else {
+        None
+    };
+
+    let dry = d.dry_run;
+
+    tracing::info!(role = role.as_str(), identity = %identity, "spotguard ready");
+    let mut roles = tokio::task::JoinSet::new();
+    // An agent beside the controller hands its notices straight over.
+    let local = (agent.is_some() && controller.is_some()).then(|| mpsc::channel(8));
+    let (local_sender, local_receiver) = match local {
+        Some((sender, receiver)) => (Some(sender), Some(receiver)),
+        None => (None, None),
+    };
+    if let Some((watcher, node)) = agent {
+        let marker = (!dry).then(|| NodeMarker {
+            nodes: Api::all(client.clone()),
+            node: node.clone(),
+            taint: config.engine.taint.taint(),
+            retry: config.engine.notice_retry.clone(),
+        });
+        let handover = match (local_sender, marker) {
+            (Some(sender), marker) => Handover::Local {
+                node,
+                sender,
+                marker,
+            },
+            (None, Some(marker)) => Handover::Node(marker),
+            (None, None) => Handover::DryRun { node },
+        };
+        roles.spawn(run_agent(
+            handover,
+            watcher,
+            config.engine.timings.imds_poll,
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
+    if let Some(started) = &controller {
+        let elector = (!dry).then(|| {
+            LeaderElector::new(
+                client.clone(),
+                &d.namespace,
+                &d.leader_lease,
+                &identity,
+                d.lease_duration,
+            )
+        });
+        if dry {
+            tracing::info!(
+                "dry-run: no leader election (it writes a Lease); this replica acts as the leader"
+            );
+        }
+        let intake = Arc::new(NoticeIntake {
+            changes: started.node_changes.clone(),
+            nodes: Api::all(client.clone()),
+            local: local_receiver.map(tokio::sync::Mutex::new),
+            notice_nodes: started.notice_nodes.clone(),
+            dry_run: dry,
+            metrics: metrics.clone(),
+        });
+        roles.spawn(run_controller(
+            started.engine.clone(),
+            intake,
+            elector,
+            metrics.clone(),
+            shutdown.clone(),
+            d.shutdown_timeout,
+        ));
+    }
+    while let Some(done) = roles.join_next().await {
+        if let Err(e) = done {
+            tracing::error!(error = %e, "a role stopped unexpectedly");
+            shutdown.trigger();
+        }
+    }
+    let Some(Controller { engine, lock, .. }) = controller else {
+        tracing::info!("spotguard stopped");
+        return Ok(());
+    };
+    // A notice handler abandoned at shutdown may still hold a group's scale lock: give it up
+    // now, so the next leader raises at once instead of waiting for the Lease to expire.
+    let released = lock.release_all().await;
+    if !released.is_empty() {
+        tracing::info!(groups = ?released, "scale lock leases released at shutdown");
+    }
+    // Every change was saved to the ledger as it was made; read it back once so the last
+    // line states what the next process will resume.
+    match engine.ledger().await {
+        Ok(ledger) => {
+            let open = ledger.open().count();
+            tracing::info!(open, "ledger persisted; spotguard stopped");
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "spotguard stopped; the ledger could not be read back")
+        }
+    }
+    Ok(())
+}
+
+/// The controller's side, started.
+struct Controller {
+    engine: Arc<DaemonEngine>,
+    lock: Arc<LeaseScaleLock>,
+    node_changes: tokio::sync::watch::Receiver<u64>,
+    notice_nodes: NoticeNodes,
+}
+
+/// Reads the agent's own Node once: it exists, and the agent may read it.
+async fn read_own_node(
+    client: &kube::Client,
+    node: &str,
+    within: Duration,
+) -> Result<(), StartError> {
+    let nodes: Api<KNode> = Api::all(client.clone());
+    match tokio::time::timeout(within, nodes.get(node)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(StartError::OwnNode(format!(
+            "cannot read this agent's node {node} (daemon.node_name): {}",
+            one_line(e)
+        ))),
+        Err(_) => Err(StartError::OwnNode(format!(
+            "cannot read this agent's node {node} (daemon.node_name): no answer within {}",
+            humantime::format_duration(within)
+        ))),
+    }
+}
+
+/// Auto Scaling (every configured group must exist), the cluster-wide watch caches, the
+/// ledger, the scale locks and the engine: everything the controller acts with.
+async fn start_controller(
+    config: &DaemonConfig,
+    client: &kube::Client,
+    kube_config: kube::Config,
+    metrics: &Arc<Metrics>,
+    readiness: &Readiness,
+    identity: &str,
+    within: Duration,
+) -> Result<Controller, StartError> {
+    let d = &config.daemon;
+    let url = kube_config.cluster_url.to_string();
+    let bounded = |what: &str| {
+        format!(
+            "no answer within {} ({what})",
+            humantime::format_duration(within)
+        )
+    };
     let mut builder = AwsCloud::builder().retry_config(
         spotguard_aws::cloud::default_retry_config().with_max_attempts(d.aws_max_attempts),
     );
@@ -361,42 +549,6 @@ async fn serve(config: DaemonConfig, warnings: Vec<ConfigWarning>) -> Result<(),
     let counter = cloud.counter().clone();
     metrics.on_scrape(move |m| m.sync_aws(&counter));
 
-    // Agent: this node's instance, read before anything acts (and before the caches, which an
-    // agent scopes to its node).
-    let watcher = if role.runs_agent() {
-        let mut b = NoticeWatcher::builder();
-        if let Some(endpoint) = &d.imds_endpoint {
-            b = b.endpoint(endpoint);
-        }
-        if let Some(file) = &d.notice_state_file {
-            b = b.state_file(file);
-        }
-        let watcher = match tokio::time::timeout(within, b.connect()).await {
-            Ok(Ok(w)) => w,
-            Ok(Err(e)) => return Err(StartError::Imds(one_line(e))),
-            Err(_) => return Err(StartError::Imds(bounded("daemon.startup_timeout"))),
-        };
-        let instance = watcher.instance_id().to_string();
-        if !groups
-            .iter()
-            .any(|g| g.holds(&instance) && config.engine.pair_for_spot(&g.name).is_some())
-        {
-            tracing::warn!(%instance, "this instance is in none of the configured spot groups; its notices will be rejected");
-        }
-        let stats = watcher.stats();
-        metrics.on_scrape(move |m| m.sync_imds(&stats));
-        Readiness::set(&readiness.imds_connected);
-        Some(watcher)
-    } else {
-        None
-    };
-
-    // An agent alone caches every node but only its own node's pods, and no PDBs.
-    let agent_node = match (&watcher, role) {
-        (Some(w), Role::Agent) => Some(own_node(&d, &client, w.instance_id(), within).await?),
-        _ => None,
-    };
-
     // Kubernetes caches.
     let events_on = d.events && !d.dry_run;
     let instance_name = std::env::var("POD_NAME")
@@ -407,10 +559,7 @@ async fn serve(config: DaemonConfig, warnings: Vec<ConfigWarning>) -> Result<(),
         KubeClusterOptions {
             event_reporter: events_on.then(|| "spotguard".to_string()),
             event_instance: instance_name.clone(),
-            cache_scope: match &agent_node {
-                Some(name) => CacheScope::Node { name: name.clone() },
-                None => CacheScope::Cluster,
-            },
+            cache_scope: CacheScope::Cluster,
             ..KubeClusterOptions::default()
         },
     )
@@ -434,6 +583,7 @@ async fn serve(config: DaemonConfig, warnings: Vec<ConfigWarning>) -> Result<(),
         }
     }
     Readiness::set(&readiness.caches_synced);
+    let node_changes = cluster.cache().node_changes();
 
     // The engine and its observer.
     let on_demand: HashSet<String> = config
@@ -451,16 +601,14 @@ async fn serve(config: DaemonConfig, warnings: Vec<ConfigWarning>) -> Result<(),
         ));
         observer = observer.with_events(sender);
     }
-    if let (Some(w), Some(node)) = (&watcher, agent_node.as_ref().or(d.node_name.as_ref())) {
-        observer = observer.with_own_node(w.instance_id().to_string(), node.clone());
-    }
-    let identity = default_identity();
+    let notice_nodes = NoticeNodes::default();
+    observer = observer.with_notice_nodes(notice_nodes.clone());
     let lock = Arc::new(LeaseScaleLock::new(
         client.clone(),
         LeaseLockConfig {
             namespace: d.namespace.clone(),
             name_prefix: d.scale_lock_prefix.clone(),
-            identity: identity.clone(),
+            identity: identity.to_string(),
             duration: d.lease_duration,
             ..LeaseLockConfig::default()
         },
@@ -483,62 +631,10 @@ async fn serve(config: DaemonConfig, warnings: Vec<ConfigWarning>) -> Result<(),
         .with_observer(observer),
     );
 
-    tracing::info!(role = role.as_str(), identity = %identity, "spotguard ready");
-    let mut roles = tokio::task::JoinSet::new();
-    if let Some(watcher) = watcher {
-        roles.spawn(run_agent(
-            engine.clone(),
-            watcher,
-            shutdown.clone(),
-            d.shutdown_timeout,
-        ));
-    }
-    if role.runs_controller() {
-        let elector = (!dry).then(|| {
-            LeaderElector::new(
-                client.clone(),
-                &d.namespace,
-                &d.leader_lease,
-                &identity,
-                d.lease_duration,
-            )
-        });
-        if dry {
-            tracing::info!(
-                "dry-run: no leader election (it writes a Lease); this replica monitors"
-            );
-        }
-        roles.spawn(run_controller(
-            engine.clone(),
-            elector,
-            metrics.clone(),
-            shutdown.clone(),
-            d.shutdown_timeout,
-        ));
-    }
-    while let Some(done) = roles.join_next().await {
-        if let Err(e) = done {
-            tracing::error!(error = %e, "a role stopped unexpectedly");
-            shutdown.trigger();
-        }
-    }
-    // A notice handler abandoned at shutdown may still hold a group's scale lock: give it up
-    // now, so the agents of the other at-risk nodes raise at once instead of waiting for the
-    // Lease to expire.
-    let released = lock.release_all().await;
-    if !released.is_empty() {
-        tracing::info!(groups = ?released, "scale lock leases released at shutdown");
-    }
-    // Every change was saved to the ledger as it was made; read it back once so the last
-    // line states what the next process will resume.
-    match engine.ledger().await {
-        Ok(ledger) => {
-            let open = ledger.open().count();
-            tracing::info!(open, "ledger persisted; spotguard stopped");
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "spotguard stopped; the ledger could not be read back")
-        }
-    }
-    Ok(())
+    Ok(Controller {
+        engine,
+        lock,
+        node_changes,
+        notice_nodes,
+    })
 }

@@ -44,6 +44,11 @@ impl<P> DryRun<P> {
         }
     }
 
+    /// The wrapped port.
+    pub fn inner(&self) -> &P {
+        &self.inner
+    }
+
     fn suppress(&self, service: &str, operation: &str) {
         self.metrics.count_suppressed(service, operation);
     }

@@ -21,21 +21,27 @@ use crate::shutdown::Shutdown;
 /// What readiness waits for.
 #[derive(Debug, Default)]
 pub struct Readiness {
-    /// Every configured Auto Scaling group exists.
+    /// Every configured Auto Scaling group exists (controllers).
     pub groups_checked: AtomicBool,
-    /// The node, pod and PDB watch caches listed the cluster once.
+    /// The node, pod and PDB watch caches listed the cluster once (controllers).
     pub caches_synced: AtomicBool,
-    /// IMDS answered with this node's instance id (agents only).
+    /// IMDS answered with this node's instance id (agents).
     pub imds_connected: AtomicBool,
-    /// Whether IMDS is required (agent roles).
+    /// This agent's own Node was read (agents).
+    pub own_node_read: AtomicBool,
+    /// Whether the agent's conditions apply.
     pub needs_imds: bool,
+    /// Whether the controller's conditions apply.
+    pub needs_cloud: bool,
 }
 
 impl Readiness {
-    /// Readiness for a process that does (agent) or does not watch IMDS.
-    pub fn new(needs_imds: bool) -> Self {
+    /// Readiness for a process that runs an agent (`needs_imds`), a controller
+    /// (`needs_cloud`), or both.
+    pub fn new(needs_imds: bool, needs_cloud: bool) -> Self {
         Self {
             needs_imds,
+            needs_cloud,
             ..Self::default()
         }
     }
@@ -43,14 +49,18 @@ impl Readiness {
     /// What is still missing, empty when ready.
     pub fn missing(&self) -> Vec<&'static str> {
         let mut missing = Vec::new();
-        if !self.groups_checked.load(Ordering::Relaxed) {
+        let unset = |flag: &AtomicBool| !flag.load(Ordering::Relaxed);
+        if self.needs_cloud && unset(&self.groups_checked) {
             missing.push("auto scaling groups not checked yet");
         }
-        if !self.caches_synced.load(Ordering::Relaxed) {
+        if self.needs_cloud && unset(&self.caches_synced) {
             missing.push("kubernetes caches not synced yet");
         }
-        if self.needs_imds && !self.imds_connected.load(Ordering::Relaxed) {
+        if self.needs_imds && unset(&self.imds_connected) {
             missing.push("IMDS not reached yet");
+        }
+        if self.needs_imds && unset(&self.own_node_read) {
+            missing.push("own node not read yet");
         }
         missing
     }
@@ -145,10 +155,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_agent_alone_needs_neither_groups_nor_caches() {
+        let agent = Readiness::new(true, false);
+        Readiness::set(&agent.imds_connected);
+        Readiness::set(&agent.own_node_read);
+        assert!(agent.missing().is_empty());
+        let controller = Readiness::new(false, true);
+        assert_eq!(
+            controller.missing(),
+            [
+                "auto scaling groups not checked yet",
+                "kubernetes caches not synced yet"
+            ]
+        );
+    }
+
+    #[test]
     fn readiness_lists_what_is_missing() {
         let endpoints = Endpoints {
             metrics: Metrics::new("agent", false),
-            readiness: Arc::new(Readiness::new(true)),
+            readiness: Arc::new(Readiness::new(true, true)),
             shutdown: Shutdown::new(),
         };
         let r = endpoints.answer(&Method::GET, "/readyz");
@@ -156,8 +182,12 @@ mod tests {
         let ready = &endpoints.readiness;
         Readiness::set(&ready.groups_checked);
         Readiness::set(&ready.caches_synced);
-        assert_eq!(ready.missing(), ["IMDS not reached yet"]);
+        assert_eq!(
+            ready.missing(),
+            ["IMDS not reached yet", "own node not read yet"]
+        );
         Readiness::set(&ready.imds_connected);
+        Readiness::set(&ready.own_node_read);
         assert_eq!(
             endpoints.answer(&Method::GET, "/readyz").status(),
             StatusCode::OK

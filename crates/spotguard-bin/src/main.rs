@@ -68,8 +68,8 @@ struct Cli {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the daemon: the agent (IMDS notices, phase 1), the controller (leader-elected
-    /// monitor, phase 2), or both.
+    /// Run the daemon: the agent (IMDS notices, handed over on its node), the controller
+    /// (leader-elected: phase 1 of every notice, the monitor), or both.
     #[cfg(feature = "daemon")]
     Run(cli::RunArgs),
     /// Validate a configuration file and print the effective configuration as TOML.

@@ -117,6 +117,8 @@ pub struct Metrics {
     refreshers: Mutex<Vec<Refresh>>,
     /// Notices received, by kind.
     pub notices: Family<KindLabel, Counter>,
+    /// Notices an agent recorded on its node for the controller, by kind.
+    pub notices_handed_over: Family<KindLabel, Counter>,
     /// Notices merged into an action already running.
     pub notices_coalesced: Counter,
     /// Notices not acted on.
@@ -175,6 +177,7 @@ impl Metrics {
             registry: Mutex::new(Registry::with_prefix("spotguard")),
             refreshers: Mutex::new(Vec::new()),
             notices: Family::default(),
+            notices_handed_over: Family::default(),
             notices_coalesced: Counter::default(),
             notices_rejected: Counter::default(),
             notice_retries: Counter::default(),
@@ -214,6 +217,12 @@ impl Metrics {
                 "notices",
                 "Rebalance recommendations and interruption notices received, by kind",
                 metrics.notices.clone(),
+            );
+            r.register(
+                "notices_handed_over",
+                "Notices an agent recorded on its own node for the controller (taint and \
+                 record in one write), by kind",
+                metrics.notices_handed_over.clone(),
             );
             r.register(
                 "notices_coalesced",
@@ -489,6 +498,11 @@ impl<P> Metered<P> {
     /// Counts `inner`'s calls into `metrics`.
     pub fn new(inner: P, metrics: Arc<Metrics>) -> Self {
         Self { inner, metrics }
+    }
+
+    /// The port whose calls are counted.
+    pub fn inner(&self) -> &P {
+        &self.inner
     }
 
     fn count<T, E>(&self, operation: &str, result: Result<T, E>) -> Result<T, E> {

@@ -6,8 +6,8 @@
 //! Taints, cordons and drains are published as Events by the Kubernetes adapter itself; this
 //! observer adds the ones only the engine knows about.
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use spotguard_core::events::{Event, Observer};
@@ -29,12 +29,16 @@ pub struct NodeEvent {
     pub warning: bool,
 }
 
+/// The node of each instance whose notice the controller took in (instance → node), so the
+/// engine's notice events become Events on that node.
+pub type NoticeNodes = Arc<Mutex<HashMap<String, String>>>;
+
 /// Logs, counts and forwards engine events.
 pub struct DaemonObserver {
     metrics: Arc<Metrics>,
     events: Option<mpsc::Sender<NodeEvent>>,
     on_demand_groups: HashSet<String>,
-    own: Option<(String, String)>,
+    notice_nodes: NoticeNodes,
 }
 
 impl DaemonObserver {
@@ -45,7 +49,7 @@ impl DaemonObserver {
             metrics,
             events: None,
             on_demand_groups,
-            own: None,
+            notice_nodes: NoticeNodes::default(),
         }
     }
 
@@ -55,17 +59,18 @@ impl DaemonObserver {
         self
     }
 
-    /// The agent's own instance and node, so notices about it become Events on the node.
-    pub fn with_own_node(mut self, instance: String, node: String) -> Self {
-        self.own = Some((instance, node));
+    /// Where the nodes of the notices taken in are recorded (see [`NoticeNodes`]).
+    pub fn with_notice_nodes(mut self, nodes: NoticeNodes) -> Self {
+        self.notice_nodes = nodes;
         self
     }
 
-    fn node_of(&self, instance: &str) -> Option<&str> {
-        self.own
-            .as_ref()
-            .filter(|(i, _)| i == instance)
-            .map(|(_, n)| n.as_str())
+    fn node_of(&self, instance: &str) -> Option<String> {
+        self.notice_nodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(instance)
+            .cloned()
     }
 
     fn forward(&self, node: &str, reason: &'static str, message: String, warning: bool) {
@@ -351,13 +356,13 @@ impl Observer for DaemonObserver {
             Event::NoticeReceived { instance, kind } => {
                 if let Some(node) = self.node_of(instance) {
                     let message = format!("{kind} notice for instance {instance}");
-                    self.forward(node, "SpotGuardNotice", message, true);
+                    self.forward(&node, "SpotGuardNotice", message, true);
                 }
             }
             Event::NoticeRejected { instance, reason } => {
                 if let Some(node) = self.node_of(instance) {
                     let message = format!("Notice not acted on: {reason}");
-                    self.forward(node, "SpotGuardNoticeRejected", message, true);
+                    self.forward(&node, "SpotGuardNoticeRejected", message, true);
                 }
             }
             Event::NoticeAbandoned {
@@ -367,7 +372,7 @@ impl Observer for DaemonObserver {
             } => {
                 if let Some(node) = self.node_of(instance) {
                     let message = format!("Notice given up after {attempts} attempts: {reason}");
-                    self.forward(node, "SpotGuardNoticeAbandoned", message, true);
+                    self.forward(&node, "SpotGuardNoticeAbandoned", message, true);
                 }
             }
             Event::NoReplacement { node, reason } => {
@@ -403,9 +408,11 @@ mod tests {
     fn paybacks_are_told_apart_and_events_never_block() {
         let metrics = Metrics::new("all", false);
         let (tx, mut rx) = mpsc::channel(1);
+        let nodes = NoticeNodes::default();
+        nodes.lock().unwrap().insert("i-1".into(), "node-1".into());
         let observer = DaemonObserver::new(metrics.clone(), HashSet::from(["od".to_string()]))
             .with_events(tx)
-            .with_own_node("i-1".into(), "node-1".into());
+            .with_notice_nodes(nodes);
         let now = SystemTime::now();
         for group in ["od", "spot"] {
             observer.observe(

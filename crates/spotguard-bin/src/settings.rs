@@ -20,9 +20,11 @@ use spotguard_core::config::{Config, ConfigError, ConfigWarning};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {
-    /// One per spot node (a DaemonSet): watches IMDS and runs phase 1 for its own instance.
+    /// One per spot node (a DaemonSet): watches IMDS and hands its instance's notices to the
+    /// controller through its own Node.
     Agent,
-    /// Leader-elected (a Deployment with 2 replicas): the leader runs the monitor.
+    /// Leader-elected (a Deployment with 2 replicas): the leader runs phase 1 of every notice
+    /// and the monitor.
     Controller,
     /// Both in one process (development, tests, small clusters).
     All,

@@ -1,7 +1,8 @@
-//! Invariant 1 across processes: two agents, on two spot nodes, get rebalance notices at the
-//! same moment. Each raises the spot group under the group's Lease scale lock, so the group
-//! goes up by exactly two and, after both pre-scales are paid back, ends where it started —
-//! a lost update would leave it one short.
+//! Invariant 1 with many agents: agents on several spot nodes get rebalance notices at the
+//! same moment and hand them to the controller, which handles them at once. Each raise of the
+//! spot group is taken under the group's Lease scale lock, so the group goes up by exactly one
+//! per notice and, after the pre-scales are paid back, ends where it started — a lost update
+//! would leave it short.
 #![cfg(feature = "daemon")]
 
 mod harness;
@@ -27,10 +28,12 @@ async fn concurrent_agents_raise_the_group_once_each() {
     let imds_a = ImdsServer::start(&at_risk[0]).await;
     let imds_b = ImdsServer::start(&at_risk[1]).await;
     world.config("");
-    let mut a = world.spawn("agent-a", "agent", Some(&imds_a), &[]);
-    let mut b = world.spawn("agent-b", "agent", Some(&imds_b), &[]);
+    let mut a = world.spawn("agent-a", "agent", Some(&imds_a), &[]).await;
+    let mut b = world.spawn("agent-b", "agent", Some(&imds_b), &[]).await;
+    let mut controller = world.spawn("controller", "controller", None, &[]).await;
     a.wait_ready(Duration::from_secs(60)).await;
     b.wait_ready(Duration::from_secs(60)).await;
+    controller.wait_ready(Duration::from_secs(60)).await;
 
     let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     imds_a.set_rebalance(&now);
@@ -82,12 +85,14 @@ async fn concurrent_agents_raise_the_group_once_each() {
     assert!(world.lease("spotguard-scale-web-spot").await.is_some());
     for instance in &at_risk {
         // Drained, and then the node deleted with its instance.
-        assert!(world.pods_on(&node_name(instance)).await.is_empty());
+        assert!(world.app_pods_on(&node_name(instance)).await.is_empty());
     }
-    a.terminate();
-    b.terminate();
-    assert!(a.wait_exit(Duration::from_secs(30)).await.success());
-    assert!(b.wait_exit(Duration::from_secs(30)).await.success());
+    for daemon in [&mut a, &mut b, &mut controller] {
+        daemon.terminate();
+    }
+    for daemon in [&mut a, &mut b, &mut controller] {
+        assert!(daemon.wait_exit(Duration::from_secs(30)).await.success());
+    }
 }
 
 /// A rebalance recommendation, noticed now, on every one of these IMDS endpoints.
@@ -111,12 +116,16 @@ async fn spawn_agents(
     mut others: Vec<harness::Daemon>,
 ) -> Vec<harness::Daemon> {
     for (i, (instance, imds)) in at_risk.iter().zip(imds).enumerate() {
-        others.push(world.spawn(
-            &format!("agent-{i}"),
-            "agent",
-            Some(imds),
-            &["--node-name", &node_name(instance)],
-        ));
+        others.push(
+            world
+                .spawn(
+                    &format!("agent-{i}"),
+                    "agent",
+                    Some(imds),
+                    &["--node-name", &node_name(instance)],
+                )
+                .await,
+        );
     }
     for daemon in &mut others {
         daemon.wait_ready(Duration::from_secs(120)).await;
@@ -124,9 +133,9 @@ async fn spawn_agents(
     others
 }
 
-/// Ten agents on ten spot nodes, one notice each at the same moment; replacements come up at
-/// once (moto's default), so the raises of some agents overlap the paybacks (terminate with
-/// decrement) of others. Every change of desired capacity is taken under the group's Lease,
+/// Ten agents on ten spot nodes, one notice each at the same moment, handled by the controller
+/// at once; replacements come up at once (moto's default), so the raises of some notices
+/// overlap the paybacks (terminate with decrement) of others. Every change of desired capacity is taken under the group's Lease,
 /// so the group ends exactly where it started with one replacement per notice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wave_of_notices_leaves_the_group_where_it_started() {
@@ -145,7 +154,8 @@ async fn a_wave_of_notices_leaves_the_group_where_it_started() {
         imds.push(ImdsServer::start(instance).await);
     }
     world.config("");
-    let mut agents = spawn_agents(&world, &at_risk, &imds, Vec::new()).await;
+    let controller = world.spawn("controller", "controller", None, &[]).await;
+    let mut agents = spawn_agents(&world, &at_risk, &imds, vec![controller]).await;
 
     recommend_rebalance(&imds);
     eventually(
@@ -189,8 +199,8 @@ async fn a_wave_of_notices_leaves_the_group_where_it_started() {
 }
 
 /// The controller's monitor gives a fallback back (terminate with decrement of the on-demand
-/// group) while five agents fall back to the same on-demand group at once (the spot group is
-/// at its maximum). Raises and the scale-down are serialized under the group's Lease: once
+/// group) while the notices of five agents fall back to the same on-demand group at once (the
+/// spot group is at its maximum). Raises and the scale-down are serialized under the group's Lease: once
 /// every fallback is given back, both groups are where they started.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_monitor_gives_a_fallback_back_while_agents_raise_the_same_group() {
@@ -208,7 +218,7 @@ async fn the_monitor_gives_a_fallback_back_while_agents_raise_the_same_group() {
         imds.push(ImdsServer::start(instance).await);
     }
     world.config("");
-    let controller = world.spawn("controller", "controller", None, &[]);
+    let controller = world.spawn("controller", "controller", None, &[]).await;
     let mut daemons = spawn_agents(&world, &at_risk, &imds, vec![controller]).await;
     // A first fallback, while spot launches fail.
     let first = reach_fallback(&world, &imds[0], &at_risk[0]).await;

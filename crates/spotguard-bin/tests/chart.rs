@@ -9,6 +9,9 @@ mod harness;
 use std::collections::BTreeSet;
 
 use harness::chart::{by_kind, grants, grants_of, render, Grant, Manifest};
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -75,6 +78,12 @@ fn check_types(manifests: &[Manifest]) {
             }
             ("rbac.authorization.k8s.io/v1", "Role") => drop(typed::<Role>(m)),
             ("rbac.authorization.k8s.io/v1", "RoleBinding") => drop(typed::<RoleBinding>(m)),
+            ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicy") => {
+                drop(typed::<ValidatingAdmissionPolicy>(m))
+            }
+            ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicyBinding") => {
+                drop(typed::<ValidatingAdmissionPolicyBinding>(m))
+            }
             ("monitoring.coreos.com/v1", "ServiceMonitor" | "PodMonitor") => {
                 // A CRD: no k8s-openapi type; check the fields prometheus-operator requires.
                 assert!(m.object["spec"]["selector"]["matchLabels"].is_object());
@@ -119,11 +128,20 @@ fn grant(
     }
 }
 
-/// Every verb Spot Guard uses, and where.
+/// What an agent may do: read its node, and mark it (taint and notice record) in a JSON patch.
+/// Which node, and which fields, the chart's ValidatingAdmissionPolicy decides.
+fn agent_rbac() -> BTreeSet<Grant> {
+    BTreeSet::from([
+        grant("", "nodes", "get", None, &[]),
+        grant("", "nodes", "patch", None, &[]),
+    ])
+}
+
+/// Every verb the controller uses, and where.
 fn expected_rbac(namespace: &str) -> BTreeSet<Grant> {
     BTreeSet::from([
         // Watch caches (list + watch), node reads before writes and for Event UIDs (get),
-        // taints, cordons and the protect annotation (JSON patches).
+        // taints, cordons, the protect annotation, handled notice records (JSON patches).
         grant("", "nodes", "get", None, &[]),
         grant("", "nodes", "list", None, &[]),
         grant("", "nodes", "watch", None, &[]),
@@ -195,18 +213,24 @@ fn default_values_render_valid_objects_with_least_privilege() {
             "RoleBinding",
             "Service",
             "ServiceAccount",
-            "ServiceAccount"
+            "ServiceAccount",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding"
         ]
     );
     let expected = expected_rbac("spotguard-system");
     assert_eq!(grants(&manifests), expected);
     assert_eq!(grants_of(&manifests, "spotguard-controller"), expected);
-    let agent_grants: BTreeSet<Grant> = expected
-        .iter()
-        .filter(|g| g.group != "policy")
-        .cloned()
-        .collect();
-    assert_eq!(grants_of(&manifests, "spotguard-agent"), agent_grants);
+    assert_eq!(grants_of(&manifests, "spotguard-agent"), agent_rbac());
+    // The agents' node writes are checked by the API server against their pod's node.
+    let policy = one(&manifests, "ValidatingAdmissionPolicy");
+    assert_eq!(
+        policy.object["spec"]["matchConditions"][0]["expression"],
+        "request.userInfo.username == \"system:serviceaccount:spotguard-system:spotguard-agent\""
+    );
+    let binding = one(&manifests, "ValidatingAdmissionPolicyBinding");
+    assert_eq!(binding.object["spec"]["policyName"], policy.name());
+    assert_eq!(binding.object["spec"]["validationActions"][0], "Deny");
     // Every binding binds the chart's ServiceAccounts to a role of the chart.
     let accounts: Vec<&str> = manifests
         .iter()
@@ -214,7 +238,10 @@ fn default_values_render_valid_objects_with_least_privilege() {
         .map(Manifest::name)
         .collect();
     assert_eq!(accounts, ["spotguard-agent", "spotguard-controller"]);
-    for binding in manifests.iter().filter(|m| m.kind().ends_with("Binding")) {
+    let rbac_bindings = manifests
+        .iter()
+        .filter(|m| m.kind() == "RoleBinding" || m.kind() == "ClusterRoleBinding");
+    for binding in rbac_bindings {
         for subject in binding.object["subjects"].as_array().unwrap() {
             assert!(accounts.iter().any(|a| subject["name"] == *a), "{subject}");
             assert_eq!(subject["namespace"], "spotguard-system");
@@ -362,7 +389,7 @@ fn values_switch_features_on_and_off() {
             "serviceAccount": {
                 "agentName": "sg-robot",
                 "controllerName": "sg-pilot",
-                "annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/spotguard"}
+                "controllerAnnotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/spotguard"}
             },
             "aws": {"region": "eu-west-1"},
             "dryRun": true,
@@ -383,14 +410,25 @@ fn values_switch_features_on_and_off() {
         by["ServiceMonitor"][0].object["metadata"]["labels"]["release"],
         "prom"
     );
-    for (account, name) in by["ServiceAccount"].iter().zip(["sg-robot", "sg-pilot"]) {
-        let sa: ServiceAccount = typed(account);
-        assert_eq!(sa.metadata.name.as_deref(), Some(name));
-        assert_eq!(
-            sa.metadata.annotations.unwrap()["eks.amazonaws.com/role-arn"],
-            "arn:aws:iam::123456789012:role/spotguard"
-        );
-    }
+    // The IAM role goes to the controller only: agents make no cloud call.
+    let accounts: Vec<ServiceAccount> = by["ServiceAccount"].iter().map(typed).collect();
+    let names: Vec<_> = accounts
+        .iter()
+        .map(|a| a.metadata.name.as_deref())
+        .collect();
+    assert_eq!(names, [Some("sg-robot"), Some("sg-pilot")]);
+    assert_eq!(accounts[0].metadata.annotations, None);
+    assert_eq!(
+        accounts[1].metadata.annotations.as_ref().unwrap()["eks.amazonaws.com/role-arn"],
+        "arn:aws:iam::123456789012:role/spotguard"
+    );
+    // The node policy names the renamed agent account.
+    assert!(
+        by["ValidatingAdmissionPolicy"][0].object["spec"]["matchConditions"][0]["expression"]
+            .as_str()
+            .unwrap()
+            .ends_with(":ops:sg-robot\"")
+    );
     let cm: ConfigMap = typed(one(&manifests, "ConfigMap"));
     let config = cm.data.unwrap()["config.toml"].clone();
     assert!(config.contains("aws_region = \"eu-west-1\""), "{config}");
@@ -424,10 +462,13 @@ fn values_switch_features_on_and_off() {
     check_types(&only_controller);
     let by = by_kind(&only_controller);
     assert!(!by.contains_key("DaemonSet"));
-    // No agents, no agent identity or rights.
+    // No agents, no agent identity, rights or node policy.
     assert_eq!(by["ServiceAccount"].len(), 1);
     assert_eq!(by["ClusterRole"].len(), 1);
+    assert!(!by.contains_key("ValidatingAdmissionPolicy"));
     assert!(grants_of(&only_controller, "sg-agent").is_empty());
+    let unrestricted = render(&json!({"agent": {"nodeRestriction": false}}), "sg", "ops");
+    assert!(!by_kind(&unrestricted).contains_key("ValidatingAdmissionPolicy"));
 }
 
 #[test]

@@ -20,18 +20,20 @@ async fn dry_run_decides_and_logs_but_changes_nothing() {
     let od_before = world.group(ON_DEMAND).await;
     let imds = ImdsServer::start(&at_risk).await;
     world.config("");
-    let mut daemon = world.spawn(
-        "all",
-        "all",
-        Some(&imds),
-        &[
-            "--dry-run",
-            "--scale-up-timeout",
-            "8s",
-            "--node-name",
-            &at_risk_node,
-        ],
-    );
+    let mut daemon = world
+        .spawn(
+            "all",
+            "all",
+            Some(&imds),
+            &[
+                "--dry-run",
+                "--scale-up-timeout",
+                "8s",
+                "--node-name",
+                &at_risk_node,
+            ],
+        )
+        .await;
     daemon.wait_ready(Duration::from_secs(60)).await;
     imds.set_rebalance(
         &humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
@@ -96,7 +98,7 @@ async fn dry_run_decides_and_logs_but_changes_nothing() {
     );
     assert!(world.configmap(LEDGER).await.is_none());
     assert!(world.leases().await.is_empty());
-    assert_eq!(world.pods_on(&at_risk_node).await.len(), 2);
+    assert_eq!(world.app_pods_on(&at_risk_node).await.len(), 2);
     let node = world.node(&at_risk_node).await.expect("the at-risk node");
     assert!(
         node.spec

@@ -1,4 +1,5 @@
-//! End to end: the real `spotguard` binary, as an agent process and a controller process,
+//! End to end: the real `spotguard` binary, as an agent process (no AWS credentials, the token
+//! of its node's agent pod) and a controller process,
 //! against moto (through the fault proxy), a local IMDS and the real Kubernetes control plane
 //! (kwok nodes registered for moto's instances), each process as its own ServiceAccount with
 //! the chart's RBAC rules alone.
@@ -55,15 +56,25 @@ async fn rebalance_falls_back_to_on_demand_and_the_controller_gives_it_back() {
     world.add_pods("web", &at_risk_node, 3).await;
     let imds = ImdsServer::start(&at_risk).await;
     world.config("");
-    let mut agent = world.spawn(
-        "agent",
-        "agent",
-        Some(&imds),
-        &["--node-name", &at_risk_node],
-    );
+    let mut agent = world
+        .spawn(
+            "agent",
+            "agent",
+            Some(&imds),
+            &["--node-name", &at_risk_node],
+        )
+        .await;
     agent.wait_ready(Duration::from_secs(60)).await;
+    // The agent holds no cloud credentials: nothing AWS in its environment.
+    let environ = std::fs::read(format!("/proc/{}/environ", agent.pid())).unwrap();
+    let aws: Vec<String> = environ
+        .split(|b| *b == 0)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .filter(|v| v.starts_with("AWS_"))
+        .collect();
+    assert_eq!(aws, Vec::<String>::new(), "the agent's environment");
     // The controller runs all along: its monitor ticks while phase 1 waits in the agent.
-    let mut controller = world.spawn("controller", "controller", None, &[]);
+    let mut controller = world.spawn("controller", "controller", None, &[]).await;
     controller.wait_ready(Duration::from_secs(60)).await;
     assert_eq!(
         world.proxy.received("SetDesiredCapacity"),
@@ -91,11 +102,14 @@ async fn rebalance_falls_back_to_on_demand_and_the_controller_gives_it_back() {
             &format!("spec.nodeName={at_risk_node}"),
         ])
         .await;
-    assert_eq!(
-        pods["items"].as_array().map(Vec::len),
-        Some(0),
-        "at-risk node drained: {pods}"
-    );
+    // Drained: nothing is left but the agent's own DaemonSet pod, which a drain leaves.
+    let left: Vec<&Value> = pods["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["metadata"]["ownerReferences"][0]["kind"] != "DaemonSet")
+        .collect();
+    assert!(left.is_empty(), "at-risk node drained: {left:?}");
     let ledger = ledger_from(
         &world
             .kubectl_json(&["get", "configmap", LEDGER, "-n", &world.namespace])
@@ -153,17 +167,11 @@ async fn rebalance_falls_back_to_on_demand_and_the_controller_gives_it_back() {
         "one termination pays the pre-scale back, one gives the fallback back"
     );
 
-    // Metrics of both roles.
+    // Metrics of both roles: the agent noticed and handed over; the controller did the rest.
     let agent_metrics = agent.metrics().await;
     for needle in [
-        "spotguard_notices_total{kind=\"rebalance\"} 1",
-        "spotguard_scale_ups_total{group=\"web-spot\",outcome=\"raised\"} 1",
-        "spotguard_scale_ups_total{group=\"web-spot\",outcome=\"failed\"} 1",
-        "spotguard_scale_ups_total{group=\"web-od\",outcome=\"raised\"} 1",
-        "spotguard_fallbacks_total{group=\"web-od\"} 1",
-        "spotguard_prescale_paybacks_total{group=\"web-spot\"} 1",
-        "spotguard_drain_duration_seconds_count{outcome=\"complete\"} 1",
-        "spotguard_api_calls_total{service=\"autoscaling\",operation=\"SetDesiredCapacity\"} 2",
+        "spotguard_notices_handed_over_total{kind=\"rebalance\"} 1",
+        "spotguard_api_calls_total{service=\"kubernetes\",operation=\"mark node\"} 1",
         "spotguard_api_calls_total{service=\"imds\",operation=\"poll\"}",
     ] {
         assert!(
@@ -171,8 +179,22 @@ async fn rebalance_falls_back_to_on_demand_and_the_controller_gives_it_back() {
             "agent: {needle} missing from\n{agent_metrics}"
         );
     }
+    assert!(
+        !agent_metrics.contains("service=\"autoscaling\""),
+        "the agent makes no Auto Scaling call:\n{agent_metrics}"
+    );
     let controller_metrics = controller.metrics().await;
     for needle in [
+        "spotguard_notices_total{kind=\"rebalance\"} 1",
+        "spotguard_scale_ups_total{group=\"web-spot\",outcome=\"raised\"} 1",
+        "spotguard_scale_ups_total{group=\"web-spot\",outcome=\"failed\"} 1",
+        "spotguard_scale_ups_total{group=\"web-od\",outcome=\"raised\"} 1",
+        "spotguard_fallbacks_total{group=\"web-od\"} 1",
+        "spotguard_prescale_paybacks_total{group=\"web-spot\"} 1",
+        // The at-risk node, then the fallback node.
+        "spotguard_drain_duration_seconds_count{outcome=\"complete\"} 2",
+        "spotguard_api_calls_total{service=\"autoscaling\",operation=\"SetDesiredCapacity\"} 2",
+        "spotguard_api_calls_total{service=\"kubernetes\",operation=\"clear notice\"} 1",
         "spotguard_scale_downs_total{group=\"web-od\"} 1",
         "spotguard_leader 1",
         "spotguard_verdicts_total{check=\"safety\",verdict=\"go\"}",
@@ -186,12 +208,13 @@ async fn rebalance_falls_back_to_on_demand_and_the_controller_gives_it_back() {
         );
     }
 
-    // Kubernetes Events on the nodes concerned.
+    // Kubernetes Events on the nodes concerned, from the controller (an agent writes nothing
+    // but its node: the taint it put there with the notice record has no Event of its own).
     let od_node_name = node_name(&fallback.on_demand);
     for (node, reason) in [
         (at_risk_node.as_str(), "SpotGuardNotice"),
-        (at_risk_node.as_str(), "SpotGuardTainted"),
         (at_risk_node.as_str(), "SpotGuardDrained"),
+        (od_node_name.as_str(), "SpotGuardTainted"),
         (od_node_name.as_str(), "SpotGuardScaleDown"),
     ] {
         let events = world.node_events(node).await;

@@ -5,7 +5,8 @@
 //! (`tests/data/values-non-default.yaml`), with the switches off
 //! (`tests/data/values-switched-off.yaml`) and without controllers
 //! (`tests/data/values-agents-only.yaml`). Together the files change every value `values.yaml`
-//! documents.
+//! documents. The chart's RBAC and node policy are then installed and tried with each role's
+//! token.
 #![cfg(feature = "daemon")]
 
 use std::collections::BTreeMap;
@@ -14,6 +15,8 @@ use std::process::{Command, Output};
 
 use serde_norway::Value;
 use spotguard_testkit_k8s::ControlPlane;
+
+mod harness;
 
 fn chart() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/helm/spotguard")
@@ -203,160 +206,327 @@ async fn every_rendered_manifest_is_accepted_by_the_api_server() {
     }
 }
 
-/// The chart's RBAC, installed for real and used with the tokens of its two ServiceAccounts
-/// (agent and controller): what Spot Guard does is allowed, and a request outside it —
+/// Refused with 403, naming `what`; `needle`, when given, must be in the API server's message.
+fn forbidden<T: std::fmt::Debug>(what: &str, result: Result<T, kube::Error>, needle: Option<&str>) {
+    match result {
+        Err(kube::Error::Api(status)) if status.code == 403 => {
+            if let Some(needle) = needle {
+                assert!(
+                    status.message.contains(needle),
+                    "{what}: {}",
+                    status.message
+                );
+            }
+        }
+        other => panic!("{what}: expected 403, got {other:?}"),
+    }
+}
+
+/// The chart's RBAC and node policy, installed for real and used with the tokens of its two
+/// ServiceAccounts. The controller may do what Spot Guard does and is refused the rest —
 /// deleting a pod directly, patching a ConfigMap that is not the ledger, writing a Lease in
-/// another namespace, reading Secrets, deleting a node, and for an agent reading
-/// PodDisruptionBudgets — is refused by the API server with 403.
+/// another namespace, reading Secrets, deleting a node. An agent, with the token of its pod
+/// on node A, may read node A and mark it (taint and notice record, the agent's one write),
+/// and nothing else: not node B, not A's labels, other annotations, other taints or cordon,
+/// no pod, eviction, budget, ledger, Lease or Secret. A token of the agents' account that
+/// comes from no pod writes no node at all.
 #[tokio::test]
-async fn the_charts_rbac_allows_spot_guards_calls_and_refuses_the_rest() {
+async fn the_charts_rbac_and_node_policy_allow_spot_guards_calls_and_refuse_the_rest() {
     use k8s_openapi::api::coordination::v1::Lease;
     use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
     use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-    use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+    use kube::api::{Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams, PostParams};
     use serde_json::json;
-    use spotguard_testkit_k8s::{unique_name, NodeBuilder};
+    use spotguard_core::model::{Taint, TaintEffect};
+    use spotguard_core::notice::{Notice, NoticeKind};
+    use spotguard_k8s::notice::{mark_node, NOTICE_ANNOTATION};
+    use spotguard_k8s::taint::WritePolicy;
+    use spotguard_testkit_k8s::{eventually, unique_name, NodeBuilder};
 
     let cp = ControlPlane::shared();
     let namespace = cp.create_namespace("rbac").await;
     let other = cp.create_namespace("rbac-other").await;
     let release = unique_name("sg");
-    let mut template = cp.helm();
-    template
-        .args(["template", &release])
-        .arg(chart())
-        .args(["--namespace", &namespace])
-        .args(["--show-only", "templates/rbac.yaml"])
-        .args(["--show-only", "templates/serviceaccount.yaml"]);
-    let rbac = String::from_utf8(run(template, "helm template (RBAC)").stdout).unwrap();
-    cp.apply(&rbac, &[], "the chart's RBAC");
-
+    harness::install_access(cp, &release, &namespace).await;
     let admin = cp.admin_client();
 
-    // Objects to act on.
-    let node = cp
-        .create_node(&NodeBuilder::new(&unique_name("rbac-node")))
-        .await;
-    let node_name = node.metadata.name.clone().unwrap();
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": "app", "namespace": namespace},
-        "spec": {"nodeName": node_name, "containers": [{"name": "app", "image": "registry.invalid/app:1"}]},
-    }))
-    .unwrap();
-    Api::<Pod>::namespaced(admin.clone(), &namespace)
-        .create(&PostParams::default(), &pod)
-        .await
+    // Two nodes; an application pod and the agent's pod on node A.
+    let mut nodes = Vec::new();
+    for prefix in ["rbac-a", "rbac-b"] {
+        let name = unique_name(prefix);
+        let builder = NodeBuilder::new(&name)
+            .provider_id(&format!("aws:///us-east-1a/i-{name}"))
+            .label("example.com/pool", "spot");
+        cp.create_node(&builder).await;
+        nodes.push(name);
+    }
+    let (node_a, node_b) = (nodes[0].clone(), nodes[1].clone());
+    let agent_account = format!("{release}-agent");
+    for (name, account) in [("app", "default"), ("agent", agent_account.as_str())] {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "nodeName": node_a,
+                "serviceAccountName": account,
+                "containers": [{"name": name, "image": "registry.invalid/app:1"}],
+            },
+        }))
         .unwrap();
+        Api::<Pod>::namespaced(admin.clone(), &namespace)
+            .create(&PostParams::default(), &pod)
+            .await
+            .unwrap();
+    }
     let other_cm: ConfigMap =
         serde_json::from_value(json!({"metadata": {"name": "unrelated"}})).unwrap();
     Api::<ConfigMap>::namespaced(admin.clone(), &namespace)
         .create(&PostParams::default(), &other_cm)
         .await
         .unwrap();
-
-    // A create the other role made first is refused with 409, after authorization.
-    let already_exists = |e: kube::Error| match e {
-        kube::Error::Api(status) if status.code == 409 => Ok(()),
-        other => Err(other),
+    let lease = |ns: &str| -> Lease {
+        serde_json::from_value(json!({"metadata": {"name": "spotguard-scale-web-spot", "namespace": ns}, "spec": {"holderIdentity": "x"}})).unwrap()
     };
-    for role in ["agent", "controller"] {
-        let account = format!("{release}-{role}");
-        let client = cp.client_for_token(&cp.service_account_token(&namespace, &account).await);
-        // Only the controller reads PodDisruptionBudgets.
-        let pdbs = Api::<PodDisruptionBudget>::all(client.clone())
-            .list(&ListParams::default().limit(1))
-            .await;
-        match (role, pdbs) {
-            ("controller", Ok(_)) => {}
-            ("agent", Err(kube::Error::Api(status))) if status.code == 403 => {}
-            (role, other) => panic!("{role} listing PDBs: {other:?}"),
-        }
-        // Allowed: what the daemon does.
-        let nodes: Api<Node> = Api::all(client.clone());
-        nodes
-            .list(&ListParams::default().limit(1))
-            .await
-            .expect("list nodes");
-        let label = json!({"metadata": {"annotations": {"spotguard.dev/test": "true"}}});
-        nodes
-            .patch(&node_name, &PatchParams::default(), &Patch::Merge(&label))
-            .await
-            .expect("patch a node");
-        Api::<Pod>::all(client.clone())
-            .list(&ListParams::default().limit(1))
-            .await
-            .expect("list pods");
-        let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
-        let ledger: ConfigMap =
-            serde_json::from_value(json!({"metadata": {"name": "spotguard-ledger"}, "data": {}}))
-                .unwrap();
-        configmaps
-            .create(&PostParams::default(), &ledger)
-            .await
-            .map(|_| ())
-            .or_else(already_exists)
-            .expect("create the ledger");
+    let ledger: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "spotguard-ledger"}, "data": {}}))
+            .unwrap();
+
+    // The controller.
+    let controller = cp.client_for_token(
+        &cp.service_account_token(&namespace, &format!("{release}-controller"))
+            .await,
+    );
+    Api::<PodDisruptionBudget>::all(controller.clone())
+        .list(&ListParams::default().limit(1))
+        .await
+        .expect("list PDBs");
+    let controller_nodes: Api<Node> = Api::all(controller.clone());
+    controller_nodes
+        .list(&ListParams::default().limit(1))
+        .await
+        .expect("list nodes");
+    let protect = json!({"metadata": {"annotations": {"spotguard.dev/test": "true"}}});
+    controller_nodes
+        .patch(&node_b, &PatchParams::default(), &Patch::Merge(&protect))
+        .await
+        .expect("patch a node");
+    Api::<Pod>::all(controller.clone())
+        .list(&ListParams::default().limit(1))
+        .await
+        .expect("list pods");
+    let configmaps: Api<ConfigMap> = Api::namespaced(controller.clone(), &namespace);
+    configmaps
+        .create(&PostParams::default(), &ledger)
+        .await
+        .expect("create the ledger");
+    configmaps
+        .patch(
+            "spotguard-ledger",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"data": {"ledger.json": "{}"}})),
+        )
+        .await
+        .expect("patch the ledger");
+    Api::<Lease>::namespaced(controller.clone(), &namespace)
+        .create(&PostParams::default(), &lease(&namespace))
+        .await
+        .expect("create a scale-lock Lease");
+    let pods: Api<Pod> = Api::namespaced(controller.clone(), &namespace);
+    forbidden(
+        "the controller deleting a pod directly",
+        pods.delete("app", &DeleteParams::default()).await,
+        None,
+    );
+    forbidden(
+        "the controller patching a ConfigMap that is not the ledger",
         configmaps
             .patch(
-                "spotguard-ledger",
+                "unrelated",
                 &PatchParams::default(),
-                &Patch::Merge(&json!({"data": {"ledger.json": "{}"}})),
+                &Patch::Merge(&json!({"data": {"x": "y"}})),
             )
-            .await
-            .expect("patch the ledger");
-        let lease = |ns: &str| -> Lease {
-            serde_json::from_value(json!({"metadata": {"name": "spotguard-scale-web-spot", "namespace": ns}, "spec": {"holderIdentity": "agent"}})).unwrap()
-        };
-        Api::<Lease>::namespaced(client.clone(), &namespace)
-            .create(&PostParams::default(), &lease(&namespace))
-            .await
-            .map(|_| ())
-            .or_else(already_exists)
-            .expect("create a scale-lock Lease");
+            .await,
+        None,
+    );
+    forbidden(
+        "the controller writing a Lease in another namespace",
+        Api::<Lease>::namespaced(controller.clone(), &other)
+            .create(&PostParams::default(), &lease(&other))
+            .await,
+        None,
+    );
+    forbidden(
+        "the controller reading Secrets",
+        Api::<Secret>::namespaced(controller.clone(), &namespace)
+            .list(&ListParams::default())
+            .await,
+        None,
+    );
+    forbidden(
+        "the controller deleting a node",
+        controller_nodes
+            .delete(&node_b, &DeleteParams::default())
+            .await,
+        None,
+    );
 
-        // Refused with 403.
-        let forbidden = |what: &str, result: Result<(), kube::Error>| match result {
-            Err(kube::Error::Api(status)) if status.code == 403 => {}
-            other => panic!("{what}: expected 403, got {other:?}"),
-        };
-        forbidden(
-            "deleting a pod directly",
-            Api::<Pod>::namespaced(client.clone(), &namespace)
-                .delete("app", &DeleteParams::default())
-                .await
-                .map(|_| ()),
-        );
-        forbidden(
-            "patching a ConfigMap that is not the ledger",
-            configmaps
-                .patch(
-                    "unrelated",
-                    &PatchParams::default(),
-                    &Patch::Merge(&json!({"data": {"x": "y"}})),
-                )
-                .await
-                .map(|_| ()),
-        );
-        forbidden(
-            "writing a Lease in another namespace",
-            Api::<Lease>::namespaced(client.clone(), &other)
-                .create(&PostParams::default(), &lease(&other))
-                .await
-                .map(|_| ()),
-        );
-        forbidden(
-            "reading Secrets",
-            Api::<Secret>::namespaced(client.clone(), &namespace)
-                .list(&ListParams::default())
-                .await
-                .map(|_| ()),
-        );
-        forbidden(
-            "deleting a node",
-            nodes
-                .delete(&node_name, &DeleteParams::default())
-                .await
-                .map(|_| ()),
-        );
-    }
+    // The agent of node A, with its pod's token.
+    let agent = cp.client_for_token(
+        &cp.pod_service_account_token(&namespace, &agent_account, "agent")
+            .await,
+    );
+    let agent_nodes: Api<Node> = Api::all(agent.clone());
+    // The policy is in force once the API server has loaded it.
+    let other_node = format!("may not write node {node_b}");
+    eventually(
+        std::time::Duration::from_secs(30),
+        "the node policy in force",
+        || async {
+            let tried = agent_nodes
+                .patch(&node_b, &PatchParams::default(), &Patch::Merge(&protect))
+                .await;
+            match tried {
+                Err(kube::Error::Api(status)) if status.code == 403 => {
+                    assert!(status.message.contains(&other_node), "{}", status.message);
+                    Some(())
+                }
+                Ok(_) => None,
+                Err(e) => panic!("agent patching node B: {e}"),
+            }
+        },
+    )
+    .await;
+    // Its one write, as the daemon sends it.
+    agent_nodes
+        .get(&node_a)
+        .await
+        .expect("the agent reads its node");
+    let taint = Taint {
+        key: "spotguard.dev/draining".into(),
+        value: "true".into(),
+        effect: TaintEffect::NoSchedule,
+    };
+    let notice = Notice {
+        instance_id: format!("i-{node_a}"),
+        kind: NoticeKind::Rebalance,
+        notice_time: std::time::SystemTime::now(),
+    };
+    assert!(mark_node(
+        &agent_nodes,
+        &node_a,
+        &taint,
+        &notice,
+        WritePolicy::default()
+    )
+    .await
+    .expect("the agent marks its node"));
+    let marked = Api::<Node>::all(admin.clone()).get(&node_a).await.unwrap();
+    assert!(marked
+        .metadata
+        .annotations
+        .unwrap()
+        .contains_key(NOTICE_ANNOTATION));
+    // Nothing else on its node...
+    let own = |what: &str, patch: serde_json::Value, needle: &'static str| {
+        let (nodes, node, what) = (agent_nodes.clone(), node_a.clone(), what.to_string());
+        async move {
+            forbidden(
+                &what,
+                nodes
+                    .patch(&node, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await,
+                Some(needle),
+            );
+        }
+    };
+    own(
+        "the agent labelling its node",
+        json!({"metadata": {"labels": {"example.com/pool": "on-demand"}}}),
+        "labels, cordon or provider ID",
+    )
+    .await;
+    own(
+        "the agent cordoning its node",
+        json!({"spec": {"unschedulable": true}}),
+        "labels, cordon or provider ID",
+    )
+    .await;
+    own(
+        "the agent annotating its node",
+        json!({"metadata": {"annotations": {"example.com/x": "y"}}}),
+        "no annotation of its node",
+    )
+    .await;
+    own(
+        "the agent adding another taint",
+        json!({"spec": {"taints": [
+            {"key": "spotguard.dev/draining", "value": "true", "effect": "NoSchedule"},
+            {"key": "example.com/evict", "effect": "NoExecute"},
+        ]}}),
+        "no taint of its node",
+    )
+    .await;
+    // ...and nothing beyond it.
+    let agent_pods: Api<Pod> = Api::namespaced(agent.clone(), &namespace);
+    forbidden(
+        "the agent evicting a pod",
+        agent_pods.evict("app", &EvictParams::default()).await,
+        None,
+    );
+    forbidden(
+        "the agent listing pods",
+        agent_pods.list(&ListParams::default()).await,
+        None,
+    );
+    forbidden(
+        "the agent listing nodes",
+        agent_nodes.list(&ListParams::default()).await,
+        None,
+    );
+    forbidden(
+        "the agent listing PDBs",
+        Api::<PodDisruptionBudget>::all(agent.clone())
+            .list(&ListParams::default())
+            .await,
+        None,
+    );
+    forbidden(
+        "the agent reading the ledger",
+        Api::<ConfigMap>::namespaced(agent.clone(), &namespace)
+            .get("spotguard-ledger")
+            .await,
+        None,
+    );
+    forbidden(
+        "the agent writing a Lease",
+        Api::<Lease>::namespaced(agent.clone(), &namespace)
+            .create(&PostParams::default(), &lease(&namespace))
+            .await,
+        None,
+    );
+    forbidden(
+        "the agent reading Secrets",
+        Api::<Secret>::namespaced(agent.clone(), &namespace)
+            .list(&ListParams::default())
+            .await,
+        None,
+    );
+    forbidden(
+        "the agent deleting its node",
+        agent_nodes.delete(&node_a, &DeleteParams::default()).await,
+        None,
+    );
+
+    // The agents' account without a pod: no node write at all, its "own" node included.
+    let podless = cp.client_for_token(&cp.service_account_token(&namespace, &agent_account).await);
+    forbidden(
+        "the agents' account writing a node with a token of no pod",
+        Api::<Node>::all(podless)
+            .patch(
+                &node_a,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"metadata": {"annotations": {NOTICE_ANNOTATION: "{}"}}})),
+            )
+            .await,
+        Some("authentication.kubernetes.io/node-name"),
+    );
 }

@@ -23,10 +23,10 @@ async fn a_controller_killed_mid_scale_down_is_resumed_exactly_once() {
     world.add_pods("web", &node_name(&at_risk), 2).await;
     let imds = ImdsServer::start(&at_risk).await;
     world.config("");
-    let mut agent = world.spawn("agent", "agent", Some(&imds), &[]);
+    let mut agent = world.spawn("agent", "agent", Some(&imds), &[]).await;
     agent.wait_ready(Duration::from_secs(60)).await;
 
-    let mut controller = world.spawn("controller", "controller", None, &[]);
+    let mut controller = world.spawn("controller", "controller", None, &[]).await;
     controller.wait_ready(Duration::from_secs(60)).await;
     let fallback = reach_fallback(&world, &imds, &at_risk).await;
     let od_node = node_name(&fallback.on_demand);
@@ -76,7 +76,7 @@ async fn a_controller_killed_mid_scale_down_is_resumed_exactly_once() {
     let spot_node = node_name(&world.instances(SPOT).await.into_iter().next().unwrap());
     world.add_database_pods("db", &spot_node, &["db-2"]).await;
 
-    let mut restarted = world.spawn("controller-2", "controller", None, &[]);
+    let mut restarted = world.spawn("controller-2", "controller", None, &[]).await;
     restarted.wait_ready(Duration::from_secs(60)).await;
     fallback_given_back(
         &world,

@@ -1,7 +1,7 @@
-//! Graceful shutdown in the middle of a step: an agent whose drain is held by a
-//! PodDisruptionBudget gets SIGTERM. It stops taking work, gives the step
+//! Graceful shutdown in the middle of a step: a controller whose drain of an at-risk node is
+//! held by a PodDisruptionBudget gets SIGTERM. It stops taking work, gives the step
 //! `daemon.shutdown_timeout` (5s here), abandons it, and exits 0; the ledger still holds the
-//! open pre-scale for the controller to finish.
+//! open pre-scale for the next leader to finish.
 #![cfg(feature = "daemon")]
 
 mod harness;
@@ -22,8 +22,10 @@ async fn sigterm_during_a_held_drain_abandons_the_step_within_the_bound() {
     world.add_pdb("db", 1).await;
     let imds = ImdsServer::start(&at_risk).await;
     world.config("");
-    let mut agent = world.spawn("agent", "agent", Some(&imds), &[]);
+    let mut agent = world.spawn("agent", "agent", Some(&imds), &[]).await;
+    let mut controller = world.spawn("controller", "controller", None, &[]).await;
     agent.wait_ready(Duration::from_secs(60)).await;
+    controller.wait_ready(Duration::from_secs(60)).await;
     imds.set_rebalance(&humantime::format_rfc3339_seconds(SystemTime::now()).to_string());
 
     eventually(
@@ -31,7 +33,7 @@ async fn sigterm_during_a_held_drain_abandons_the_step_within_the_bound() {
         Duration::from_secs(60),
         || async {
             world
-                .agent
+                .controller
                 .api
                 .requests()
                 .iter()
@@ -40,17 +42,17 @@ async fn sigterm_during_a_held_drain_abandons_the_step_within_the_bound() {
     )
     .await;
     let asked = Instant::now();
-    agent.terminate();
-    let status = agent.wait_exit(Duration::from_secs(30)).await;
+    controller.terminate();
+    let status = controller.wait_exit(Duration::from_secs(30)).await;
     let took = asked.elapsed();
-    assert!(status.success(), "{status}\n{}", agent.output());
+    assert!(status.success(), "{status}\n{}", controller.output());
     assert!(
         took < Duration::from_secs(15),
         "stopped within the 5s bound plus start-up slack, took {took:?}"
     );
-    let output = agent.output();
+    let output = controller.output();
     assert!(
-        output.contains("notice handling abandoned at shutdown"),
+        output.contains("(notice handling or a monitor tick) abandoned at shutdown"),
         "{output}"
     );
     assert!(output.contains("ledger persisted"), "{output}");
@@ -63,30 +65,36 @@ async fn sigterm_during_a_held_drain_abandons_the_step_within_the_bound() {
         "the open pre-scale stays in the ledger for the controller: {ledger:?}"
     );
     assert_eq!(
-        world.pods_on(&node).await.len(),
+        world.app_pods_on(&node).await.len(),
         1,
         "the held pod is still there"
     );
+    agent.terminate();
+    assert!(agent.wait_exit(Duration::from_secs(30)).await.success());
 }
 
 /// SIGTERM while a notice handler holds the spot group's scale lock (its raise is being
 /// throttled by Auto Scaling): the handler is abandoned after `--shutdown-timeout`, and the
-/// agent gives the Lease up on its way out instead of leaving the agents of other at-risk
-/// nodes to wait for it to expire.
+/// controller gives the Lease up on its way out instead of leaving the next leader to wait
+/// for it to expire.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scale_lock_held_at_shutdown_is_given_up() {
     let world = World::start(&standard_groups()).await;
     let at_risk = world.instances(SPOT).await.into_iter().next().unwrap();
     let imds = ImdsServer::start(&at_risk).await;
     world.config("");
-    let mut agent = world.spawn(
-        "agent",
-        "agent",
-        Some(&imds),
-        // The SDK retries the throttled raise for a long while, all of it under the lock.
-        &["--shutdown-timeout", "50ms", "--aws-max-attempts", "20"],
-    );
+    let mut agent = world.spawn("agent", "agent", Some(&imds), &[]).await;
+    let mut controller = world
+        .spawn(
+            "controller",
+            "controller",
+            None,
+            // The SDK retries the throttled raise for a long while, all of it under the lock.
+            &["--shutdown-timeout", "50ms", "--aws-max-attempts", "20"],
+        )
+        .await;
     agent.wait_ready(Duration::from_secs(60)).await;
+    controller.wait_ready(Duration::from_secs(60)).await;
     world.proxy.throttle("SetDesiredCapacity", 50);
     imds.set_rebalance(&humantime::format_rfc3339_seconds(SystemTime::now()).to_string());
     eventually("a raise under way", Duration::from_secs(60), || async {
@@ -101,10 +109,10 @@ async fn a_scale_lock_held_at_shutdown_is_given_up() {
         lease.spec.and_then(|s| s.holder_identity)
     };
     assert!(holder().await.is_some(), "held during the raise");
-    agent.terminate();
-    let status = agent.wait_exit(Duration::from_secs(30)).await;
-    assert!(status.success(), "{status}\n{}", agent.output());
-    let output = agent.output();
+    controller.terminate();
+    let status = controller.wait_exit(Duration::from_secs(30)).await;
+    assert!(status.success(), "{status}\n{}", controller.output());
+    let output = controller.output();
     assert!(
         output.contains("scale lock leases released at shutdown"),
         "{output}"
@@ -114,4 +122,6 @@ async fn a_scale_lock_held_at_shutdown_is_given_up() {
         left.is_none(),
         "given up, not left to expire: held by {left:?}"
     );
+    agent.terminate();
+    assert!(agent.wait_exit(Duration::from_secs(30)).await.success());
 }

@@ -175,7 +175,7 @@ async fn unreachable_endpoints_and_missing_groups_change_nothing() {
     }
     assert_eq!(world.writes_to_kubernetes(), vec![]);
     assert!(world.configmap(LEDGER).await.is_none());
-    let mut agent = world.spawn("agent", "agent", Some(&imds), &[]);
+    let mut agent = world.spawn("agent", "agent", Some(&imds), &[]).await;
     agent.wait_ready(Duration::from_secs(60)).await;
     agent.terminate();
     assert!(agent.wait_exit(Duration::from_secs(30)).await.success());

@@ -134,9 +134,10 @@ impl NoticeRecord {
         })
     }
 
-    /// Whether this record may replace `existing` on a node: an interruption is never
-    /// replaced by a rebalance recommendation, which says less.
-    fn supersedes(&self, existing: &NoticeRecord) -> bool {
+    /// Whether this record may replace `existing` on a node (and an agent's notice one it
+    /// has not recorded yet): an interruption is never replaced by a rebalance
+    /// recommendation, which says less.
+    pub fn supersedes(&self, existing: &NoticeRecord) -> bool {
         self != existing
             && !(existing.kind == RecordKind::Interruption && self.kind == RecordKind::Rebalance)
     }

@@ -131,7 +131,8 @@ impl World {
         moto.create_groups(specs).await;
         let namespace = cp.create_namespace("spotguard").await;
         let release = unique_name("sg");
-        install_rbac(cp, &release, &namespace).await;
+        install_access(cp, &release, &namespace).await;
+        agent_daemon_set(cp, &namespace, &format!("{release}-agent")).await;
         let agent = Access::start(cp, &namespace, &format!("{release}-agent")).await;
         let controller = Access::start(cp, &namespace, &format!("{release}-controller")).await;
         let groups: Vec<(String, &'static str)> = specs
@@ -251,6 +252,19 @@ impl World {
             .await
             .expect("listing pods")
             .items
+    }
+
+    /// The pods on `node` but the agent's (a DaemonSet pod, which a drain leaves).
+    pub async fn app_pods_on(&self, node: &str) -> Vec<Pod> {
+        let mut pods = self.pods_on(node).await;
+        pods.retain(|p| {
+            p.metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .all(|o| o.kind != "DaemonSet")
+        });
+        pods
     }
 
     /// The pods of this world labelled `app=<app>`.
@@ -458,9 +472,35 @@ log_level = "info"
         }
     }
 
+    /// A kubeconfig for the agent of `node`, through the agents' proxy, with the token of the
+    /// pod the world's agent DaemonSet runs on that node: it carries the node-name claim the
+    /// chart's node policy checks, as the kubelet-mounted token of the real agent does.
+    pub async fn agent_kubeconfig(&self, node: &str) -> PathBuf {
+        let pods: Api<Pod> = Api::namespaced(self.admin(), &self.namespace);
+        let selector = ListParams::default()
+            .labels(&format!("app={AGENT_APP}"))
+            .fields(&format!("spec.nodeName={node}"));
+        let pod = spotguard_testkit_k8s::eventually(
+            Duration::from_secs(60),
+            &format!("the agent pod on {node}"),
+            || async {
+                let listed = pods.list(&selector).await.ok()?;
+                listed.items.into_iter().find_map(|p| p.metadata.name)
+            },
+        )
+        .await;
+        let token = self
+            .cp
+            .pod_service_account_token(&self.namespace, &self.agent.account, &pod)
+            .await;
+        self.cp.write_kubeconfig_for(&self.agent.api.url(), &token)
+    }
+
     /// Starts `spotguard run --config <config> --role <role>` with `args`, as its role's
-    /// ServiceAccount; an agent gets `imds`'s endpoint and a state file.
-    pub fn spawn(
+    /// ServiceAccount. An agent gets `imds`'s endpoint, a state file, its node (`--node-name`
+    /// in `args`, else the node of `imds`'s instance, passed as the chart does), the token of
+    /// that node's agent pod and no AWS credentials at all; the other roles get moto's.
+    pub async fn spawn(
         &self,
         name: &str,
         role: &str,
@@ -471,6 +511,21 @@ log_level = "info"
         assert!(config.exists(), "write the configuration first");
         let port = free_port();
         let log = self.dir.path().join(format!("{name}.log"));
+        // An agent is told its node, as the chart does from spec.nodeName.
+        let named = args
+            .iter()
+            .position(|a| *a == "--node-name")
+            .map(|i| args[i + 1].to_string());
+        let agent_node = (role == "agent").then(|| {
+            named
+                .clone()
+                .or_else(|| imds.map(|i| node_name(&i.instance_id())))
+                .expect("an agent runs on a node: --node-name or an IMDS server")
+        });
+        let kubeconfig = match &agent_node {
+            Some(node) => self.agent_kubeconfig(node).await,
+            None => self.access(role).kubeconfig.clone(),
+        };
         let mut command = Command::new(daemon_binary());
         command
             .arg("run")
@@ -478,14 +533,23 @@ log_level = "info"
             .arg(&config)
             .args(["--role", role])
             .arg("--kubeconfig")
-            .arg(&self.access(role).kubeconfig)
+            .arg(&kubeconfig)
             .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
             .args(args);
+        if let (Some(node), None) = (&agent_node, &named) {
+            command.args(["--node-name", node]);
+        }
         if let Some(imds) = imds {
             command
                 .args(["--imds-endpoint", &imds.url()])
                 .arg("--notice-state-file")
                 .arg(self.dir.path().join(format!("{name}-notices.json")));
+        }
+        for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("AWS_")) {
+            command.env_remove(key);
+        }
+        if role != "agent" {
+            command.envs(AWS_ENV);
         }
         Daemon::spawn(name, command, log, port)
     }
@@ -578,9 +642,9 @@ impl Access {
     }
 }
 
-/// Renders the chart's ServiceAccounts and RBAC for `release` in `namespace` with the real
-/// `helm template`, and applies them as the administrator.
-async fn install_rbac(cp: &ControlPlane, release: &str, namespace: &str) {
+/// Renders the chart's ServiceAccounts, RBAC and agents' node policy for `release` in
+/// `namespace` with the real `helm template`, and applies them as the administrator.
+pub async fn install_access(cp: &ControlPlane, release: &str, namespace: &str) {
     let mut template = Command::from(cp.helm());
     let out = template
         .args(["template", release])
@@ -588,6 +652,7 @@ async fn install_rbac(cp: &ControlPlane, release: &str, namespace: &str) {
         .args(["--namespace", namespace])
         .args(["--show-only", "templates/rbac.yaml"])
         .args(["--show-only", "templates/serviceaccount.yaml"])
+        .args(["--show-only", "templates/agent-node-policy.yaml"])
         .output()
         .await
         .expect("run helm");
@@ -599,8 +664,40 @@ async fn install_rbac(cp: &ControlPlane, release: &str, namespace: &str) {
     cp.apply(
         &String::from_utf8_lossy(&out.stdout),
         &[],
-        "the chart's RBAC",
+        "the chart's RBAC and node policy",
     );
+}
+
+/// The `app` label of the world's agent pods.
+pub const AGENT_APP: &str = "spotguard-agent";
+
+/// The agents' DaemonSet of a world, as the chart runs it: a pod as `account` on every spot
+/// node of the world's pool (kwok runs them), whose tokens the agent processes use.
+async fn agent_daemon_set(cp: &ControlPlane, namespace: &str, account: &str) {
+    cp.create_in::<k8s_openapi::api::apps::v1::DaemonSet>(
+        namespace,
+        json!({
+            "apiVersion": "apps/v1",
+            "kind": "DaemonSet",
+            "metadata": {"name": AGENT_APP},
+            "spec": {
+                "selector": {"matchLabels": {"app": AGENT_APP}},
+                "template": {
+                    "metadata": {"labels": {"app": AGENT_APP}},
+                    "spec": {
+                        "serviceAccountName": account,
+                        "nodeSelector": {
+                            POOL_LABEL: namespace,
+                            "eks.amazonaws.com/capacityType": "SPOT",
+                        },
+                        "tolerations": [{"operator": "Exists"}],
+                        "containers": [{"name": "agent", "image": "registry.invalid/spotguard:1"}],
+                    },
+                },
+            },
+        }),
+    )
+    .await;
 }
 
 /// The pod every workload of the tests runs: small requests, a grace period its kwok kubelet
@@ -765,7 +862,6 @@ impl Daemon {
         let out = std::fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
         let child = command
-            .envs(AWS_ENV)
             .env("HOME", log.parent().expect("log directory"))
             .stdin(Stdio::null())
             .stdout(out)

@@ -8,18 +8,9 @@
 {{ default (printf "%s-controller" .Release.Name) .Values.serviceAccount.controllerName }}
 {{- end }}
 
-{{/* The subjects of a binding every enabled role of the chart needs. */}}
-{{- define "spotguard.subjects" -}}
-{{- if .Values.agent.enabled }}
-- kind: ServiceAccount
-  name: {{ include "spotguard.agentServiceAccount" . }}
-  namespace: {{ .Release.Namespace }}
-{{- end }}
-{{- if .Values.controller.enabled }}
-- kind: ServiceAccount
-  name: {{ include "spotguard.controllerServiceAccount" . }}
-  namespace: {{ .Release.Namespace }}
-{{- end }}
+{{/* The taint phase 1 puts on an at-risk node (the engine's default). */}}
+{{- define "spotguard.taintKey" -}}
+spotguard.dev/draining
 {{- end }}
 
 {{/* Labels of every object of the release. */}}
