@@ -7,7 +7,9 @@
 # testkit/control-plane/build.sh builds). The drain and watch-cache benchmarks run on that real
 # control plane and take most of the time: about 40 minutes on two cores after the build.
 # Raw output goes to target/benchmarks/*.log.
-# `benches/run.sh --report` rewrites BENCHMARKS.md from the last run's logs without running.
+# `benches/run.sh --report` rewrites BENCHMARKS.md from the last run's logs without running;
+# `benches/run.sh --only daemon` (or another name: safety, monitor, sim, drain, cache) runs that
+# benchmark alone and rewrites BENCHMARKS.md, its section marked with its own commit and date.
 # Environment: SPOTGUARD_BENCH_NOTICES (reaction latency notices, 50),
 # SPOTGUARD_BENCH_IDLE_SECS (footprint window, 30), SPOTGUARD_BENCH_RUNS (drain runs, 3),
 # SPOTGUARD_BENCH_CACHE_NODES (watch-cache sizes, 1000,5000), SPOTGUARD_BENCH_CACHE_LIMIT_MINUTES
@@ -22,10 +24,20 @@ mkdir -p "$logs"
 short=(--warm-up-time 0.5 --measurement-time 2)
 started=$(date -u +%s)
 
+only=""
+if [ "${1:-}" = "--only" ]; then
+    only=${2:?"--only needs a benchmark name"}
+fi
+
 run() {
     local name=$1
     shift
+    if [ -n "$only" ] && [ "$name" != "$only" ] && ! { [ "$name" = dist ] && [ "$only" = daemon ]; }; then
+        return
+    fi
     echo "== $name: $*" >&2
+    git rev-parse --short HEAD >"$logs/$name.commit"
+    date -u '+%Y-%m-%d %H:%M UTC' >"$logs/$name.date"
     "$@" >"$logs/$name.log" 2>"$logs/$name.err" || {
         echo "benchmark $name failed; see $logs/$name.log and $logs/$name.err" >&2
         tail -30 "$logs/$name.err" >&2
@@ -44,11 +56,21 @@ run cache cargo bench -p spotguard-k8s --bench cache
 # The footprint is the shipped binary's: the `dist` profile the Dockerfile builds.
 run dist cargo build --profile dist --locked -p spotguard-bin --bin spotguard
 SPOTGUARD_BENCH_BIN="$target/dist/spotguard" run daemon cargo bench -p spotguard-bin --bench daemon
-date -u +%s >"$logs/finished"
-echo "$started" >"$logs/started"
-date -u '+%Y-%m-%d %H:%M UTC' >"$logs/date"
-git rev-parse --short HEAD >"$logs/commit"
+if [ -z "$only" ]; then
+    date -u +%s >"$logs/finished"
+    echo "$started" >"$logs/started"
+    date -u '+%Y-%m-%d %H:%M UTC' >"$logs/date"
+    git rev-parse --short HEAD >"$logs/commit"
 fi
+fi
+
+# Where a section was measured, when it was not with the rest.
+measured() {
+    if [ -f "$logs/$1.commit" ] && [ "$(cat "$logs/$1.commit")" != "$(cat "$logs/commit")" ]; then
+        echo
+        echo "Measured on its own: commit $(cat "$logs/$1.commit"), $(cat "$logs/$1.date")."
+    fi
+}
 
 tables() { grep '^|' "$logs/$1.log"; }
 # A benchmark's whole output, already markdown (tables and notes), without leading blank lines.
@@ -125,12 +147,19 @@ ram=$(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
     echo
     echo "## Reaction latency (real binary)"
     echo
-    echo "\`crates/spotguard-bin/benches/daemon.rs\`: \`spotguard run --role agent\` against the local"
-    echo "IMDS server and moto behind the fault proxy; a rebalance notice appears at a random moment,"
-    echo "latency is until the spot group's \`SetDesiredCapacity\` reaches the proxy. The floor is half"
-    echo "the poll interval on average (0.5) plus one round trip."
+    echo "\`crates/spotguard-bin/benches/daemon.rs\`: the shipped binary against the local IMDS server,"
+    echo "moto behind the fault proxy and the real control plane; a rebalance notice appears at a"
+    echo "random moment of the 2 s poll, and latency runs from the poll that first answered it (the"
+    echo "moment the agent saw it) until the spot group's \`SetDesiredCapacity\` reaches the proxy."
+    echo "Both ways in one run, a fresh process per notice: through the node (an agent with no cloud"
+    echo "credentials marks its node; the leading controller, woken by its node watch, runs phase 1)"
+    echo "and in-process (\`--role all\`: the agent hands the notice to its own controller, the way the"
+    echo "agent ran phase 1 itself before the hand-over)."
+    measured daemon
     echo
-    tables daemon | sed -n '1,3p'
+    tables daemon | sed -n '1,4p'
+    echo
+    grep '^Hand-over' "$logs/daemon.log" || true
     echo
     echo "## Footprint (real binary, idle)"
     echo
@@ -141,7 +170,7 @@ ram=$(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
     echo "VmRSS at the end of the window; CPU is utime + stime over the window. Targets: agent"
     echo "< 16 MiB, controller < 64 MiB."
     echo
-    tables daemon | sed -n '4,$p'
+    tables daemon | sed -n '5,$p'
     echo
     echo "Resident memory by kind (heap and stacks, mapped binary and libraries), from the run's log:"
     echo
