@@ -57,6 +57,7 @@ run cache cargo bench -p spotguard-k8s --bench cache
 run dist cargo build --profile dist --locked -p spotguard-bin --bin spotguard
 SPOTGUARD_BENCH_BIN="$target/dist/spotguard" run daemon cargo bench -p spotguard-bin --bench daemon
 if [ -z "$only" ]; then
+    rm -f "$logs/command"
     date -u +%s >"$logs/finished"
     echo "$started" >"$logs/started"
     date -u '+%Y-%m-%d %H:%M UTC' >"$logs/date"
@@ -106,7 +107,12 @@ ram=$(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
     echo "- machine: $(nproc) cores, $cpu, $ram RAM, $(uname -sr)"
     echo "- toolchain: $(rustc --version)"
     echo "- commit: $(cat "$logs/commit")"
-    echo "- command: \`benches/run.sh\` (took $((elapsed / 60)) min $((elapsed % 60)) s including the build)"
+    # How the last full report's runs were made, when not in one `benches/run.sh`.
+    if [ -f "$logs/command" ]; then
+        echo "- command: $(cat "$logs/command")"
+    else
+        echo "- command: \`benches/run.sh\` (took $((elapsed / 60)) min $((elapsed % 60)) s including the build)"
+    fi
     echo
     echo "## Safety check at Kubernetes' published limits"
     echo

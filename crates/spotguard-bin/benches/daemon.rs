@@ -121,8 +121,7 @@ enum Topology {
     InProcess,
 }
 
-/// The latency of each notice, in order; the poll phases come from `seed`, so two runs with
-/// one seed meet the same phases notice by notice.
+/// The latency of each notice, in order; the moments the notices appear at come from `seed`.
 async fn reaction_latency(
     world: &World,
     notices: usize,
@@ -288,7 +287,7 @@ async fn main() {
         .subsec_nanos() as u64;
     let handed_over = reaction_latency(&world, notices, Topology::HandOver, seed).await;
     let in_process = reaction_latency(&world, notices, Topology::InProcess, seed).await;
-    // Notice by notice, at the same poll phase.
+    // Notice by notice: the n-th of one way against the n-th of the other.
     let mut paired: Vec<f64> = handed_over
         .iter()
         .zip(&in_process)
@@ -364,8 +363,8 @@ async fn main() {
     }
     println!();
     println!(
-        "Hand-over minus in-process: {:+.0} ms at the median; notice by notice (same poll \
-         phase), median {:+.0} ms, from {:+.0} to {:+.0} ms.",
+        "Hand-over minus in-process: {:+.0} ms at the median; notice by notice (the n-th of \
+         one against the n-th of the other), median {:+.0} ms, from {:+.0} to {:+.0} ms.",
         ms(percentile(&handed_over, 0.5)) - ms(percentile(&in_process, 0.5)),
         paired[paired.len() / 2],
         paired[0],
