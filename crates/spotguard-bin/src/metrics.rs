@@ -114,6 +114,8 @@ type Refresh = Box<dyn Fn(&Metrics) + Send + Sync>;
 /// Every metric of the daemon.
 pub struct Metrics {
     registry: Mutex<Registry>,
+    /// The name of every metric family registered, with its `spotguard_` prefix and unit.
+    families: Vec<String>,
     refreshers: Mutex<Vec<Refresh>>,
     /// Notices received, by kind.
     pub notices: Family<KindLabel, Counter>,
@@ -173,8 +175,9 @@ fn drain_histogram() -> Histogram {
 impl Metrics {
     /// Registers every metric under `spotguard_`.
     pub fn new(role: &str, dry_run: bool) -> Arc<Self> {
-        let metrics = Self {
+        let mut metrics = Self {
             registry: Mutex::new(Registry::with_prefix("spotguard")),
+            families: Vec::new(),
             refreshers: Mutex::new(Vec::new()),
             notices: Family::default(),
             notices_handed_over: Family::default(),
@@ -204,6 +207,8 @@ impl Metrics {
         };
         {
             let mut r = metrics.registry.lock().unwrap_or_else(|e| e.into_inner());
+            let families = &mut metrics.families;
+            families.push("spotguard_build".into());
             r.register(
                 "build",
                 "Version, role and mode of this process",
@@ -213,119 +218,142 @@ impl Metrics {
                     dry_run: dry_run.to_string(),
                 }),
             );
+            families.push("spotguard_notices".into());
             r.register(
                 "notices",
                 "Rebalance recommendations and interruption notices received, by kind",
                 metrics.notices.clone(),
             );
+            families.push("spotguard_notices_handed_over".into());
             r.register(
                 "notices_handed_over",
                 "Notices an agent recorded on its own node for the controller (taint and \
                  record in one write), by kind",
                 metrics.notices_handed_over.clone(),
             );
+            families.push("spotguard_notices_coalesced".into());
             r.register(
                 "notices_coalesced",
                 "Notices merged into an action already running for the instance",
                 metrics.notices_coalesced.clone(),
             );
+            families.push("spotguard_notices_rejected".into());
             r.register(
                 "notices_rejected",
                 "Notices not acted on (unknown instance, no node, policy)",
                 metrics.notices_rejected.clone(),
             );
+            families.push("spotguard_notice_retries".into());
             r.register(
                 "notice_retries",
                 "Attempts at a notice that met a transient error and were tried again",
                 metrics.notice_retries.clone(),
             );
+            families.push("spotguard_notices_abandoned".into());
             r.register(
                 "notices_abandoned",
                 "Notices given up after transient errors (retry limit or interruption time reached)",
                 metrics.notices_abandoned.clone(),
             );
+            families.push("spotguard_scaling_skipped".into());
             r.register(
                 "scaling_skipped",
                 "Interruptions drained without replacement capacity (group unknown, Capacity \
                  Rebalancing refused, or Auto Scaling unreachable)",
                 metrics.scaling_skipped.clone(),
             );
+            families.push("spotguard_scale_ups".into());
             r.register(
                 "scale_ups",
                 "Scale-ups by group and outcome (raised, failed, instance_ready)",
                 metrics.scale_ups.clone(),
             );
+            families.push("spotguard_fallbacks".into());
             r.register(
                 "fallbacks",
                 "On-demand fallbacks recorded in the ledger, by on-demand group",
                 metrics.fallbacks.clone(),
             );
+            families.push("spotguard_no_replacement".into());
             r.register(
                 "no_replacement",
                 "Actions that continued on the existing node because neither spot nor on-demand delivered",
                 metrics.no_replacement.clone(),
             );
+            families.push("spotguard_ledger_entries".into());
             r.register(
                 "ledger_entries",
                 "Fallback ledger entries by state, as last read by the leading controller",
                 metrics.ledger_entries.clone(),
             );
+            families.push("spotguard_scale_downs".into());
             r.register(
                 "scale_downs",
                 "On-demand fallback instances given back, by on-demand group",
                 metrics.scale_downs.clone(),
             );
+            families.push("spotguard_prescale_paybacks".into());
             r.register(
                 "prescale_paybacks",
                 "Spot pre-scales paid back, by spot group",
                 metrics.prescale_paybacks.clone(),
             );
+            families.push("spotguard_drain_duration_seconds".into());
             r.register_with_unit(
                 "drain_duration",
                 "Duration of node drains, by outcome (complete, incomplete)",
                 prometheus_client::registry::Unit::Seconds,
                 metrics.drain_seconds.clone(),
             );
+            families.push("spotguard_evictions_blocked_by_pdb".into());
             r.register(
                 "evictions_blocked_by_pdb",
                 "Pods a drain left in place because a PodDisruptionBudget refused the eviction",
                 metrics.evictions_blocked.clone(),
             );
+            families.push("spotguard_api_calls".into());
             r.register(
                 "api_calls",
                 "API calls by service (autoscaling, kubernetes, imds) and operation",
                 metrics.api_calls.clone(),
             );
+            families.push("spotguard_api_errors".into());
             r.register(
                 "api_errors",
                 "API calls that failed after retries, by service and operation",
                 metrics.api_errors.clone(),
             );
+            families.push("spotguard_dry_run_suppressed_calls".into());
             r.register(
                 "dry_run_suppressed_calls",
                 "Mutating calls not sent because of dry-run, by service and operation",
                 metrics.dry_run_suppressed.clone(),
             );
+            families.push("spotguard_verdicts".into());
             r.register(
                 "verdicts",
                 "Predicate verdicts on ledger entries, by check and verdict",
                 metrics.verdicts.clone(),
             );
+            families.push("spotguard_wait_reasons".into());
             r.register(
                 "wait_reasons",
                 "Reasons of wait verdicts, by check and reason",
                 metrics.wait_reasons.clone(),
             );
+            families.push("spotguard_engine_errors".into());
             r.register(
                 "engine_errors",
                 "Errors the engine logged and carried on from",
                 metrics.engine_errors.clone(),
             );
+            families.push("spotguard_leader".into());
             r.register(
                 "leader",
                 "1 while this process leads the controllers and runs the monitor",
                 metrics.leader.clone(),
             );
+            families.push("spotguard_events_dropped".into());
             r.register(
                 "events_dropped",
                 "Kubernetes Events dropped because the publisher was behind",
@@ -333,6 +361,13 @@ impl Metrics {
             );
         }
         Arc::new(metrics)
+    }
+
+    /// The name of every metric family registered (`spotguard_notices`, ...), whether or not
+    /// it has a sample yet: what the deploy guide's table must list.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub fn families(&self) -> &[String] {
+        &self.families
     }
 
     /// Runs `refresh` before every scrape (copies counters kept elsewhere).
@@ -593,6 +628,35 @@ impl<L: ScaleLock> ScaleLock for Metered<L> {
 mod tests {
     use super::*;
     use spotguard_core::ports::PodReport;
+
+    #[test]
+    fn the_deploy_guide_lists_every_metric_the_daemon_registers() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/deploy.md");
+        let guide = std::fs::read_to_string(path).expect("docs/deploy.md");
+        // Every `spotguard_…` name in a row of the guide's tables, as its family: labels and
+        // the sample suffixes (`_total`, `_info`) off.
+        let documented: std::collections::BTreeSet<String> = guide
+            .lines()
+            .filter(|l| l.starts_with("| `spotguard_"))
+            .flat_map(|l| l.split('`').skip(1).step_by(2).map(str::to_string))
+            .filter(|name| name.starts_with("spotguard_"))
+            .map(|name| {
+                let name = name.split('{').next().unwrap_or_default();
+                let name = name.strip_suffix("_total").unwrap_or(name);
+                name.strip_suffix("_info").unwrap_or(name).to_string()
+            })
+            .collect();
+        let metrics = Metrics::new("all", false);
+        let registered: std::collections::BTreeSet<String> =
+            metrics.families().iter().cloned().collect();
+        assert!(registered.len() > 20, "{registered:?}");
+        let undocumented: Vec<_> = registered.difference(&documented).collect();
+        let unknown: Vec<_> = documented.difference(&registered).collect();
+        assert!(
+            undocumented.is_empty() && unknown.is_empty(),
+            "registered but not in docs/deploy.md: {undocumented:?}; in the guide but not registered: {unknown:?}"
+        );
+    }
 
     #[test]
     fn exposition_names_what_the_issue_lists() {
