@@ -228,7 +228,7 @@ fn forbidden<T: std::fmt::Debug>(what: &str, result: Result<T, kube::Error>, nee
 /// another namespace, reading Secrets, deleting a node. An agent, with the token of its pod
 /// on node A, may read node A and mark it (taint and notice record, the agent's one write),
 /// and nothing else: not node B, not A's labels, other annotations, other taints or cordon,
-/// no pod, eviction, budget, ledger, Lease or Secret. A token of the agents' account that
+/// no pod (of B or of A), eviction, budget, ledger, Lease, Secret or other namespace. A token of the agents' account that
 /// comes from no pod writes no node at all.
 #[tokio::test]
 async fn the_charts_rbac_and_node_policy_allow_spot_guards_calls_and_refuse_the_rest() {
@@ -262,11 +262,15 @@ async fn the_charts_rbac_and_node_policy_allow_spot_guards_calls_and_refuse_the_
     }
     let (node_a, node_b) = (nodes[0].clone(), nodes[1].clone());
     let agent_account = format!("{release}-agent");
-    for (name, account) in [("app", "default"), ("agent", agent_account.as_str())] {
+    for (name, account, node) in [
+        ("app", "default", &node_a),
+        ("app-b", "default", &node_b),
+        ("agent", agent_account.as_str(), &node_a),
+    ] {
         let pod: Pod = serde_json::from_value(json!({
             "metadata": {"name": name, "namespace": namespace},
             "spec": {
-                "nodeName": node_a,
+                "nodeName": node,
                 "serviceAccountName": account,
                 "containers": [{"name": name, "image": "registry.invalid/app:1"}],
             },
@@ -467,9 +471,18 @@ async fn the_charts_rbac_and_node_policy_allow_spot_guards_calls_and_refuse_the_
     .await;
     // ...and nothing beyond it.
     let agent_pods: Api<Pod> = Api::namespaced(agent.clone(), &namespace);
+    for (pod, whose) in [("app-b", "node B"), ("app", "its own node")] {
+        forbidden(
+            &format!("the agent evicting a pod of {whose}"),
+            agent_pods.evict(pod, &EvictParams::default()).await,
+            None,
+        );
+    }
     forbidden(
-        "the agent evicting a pod",
-        agent_pods.evict("app", &EvictParams::default()).await,
+        "the agent reading ConfigMaps of another namespace",
+        Api::<ConfigMap>::namespaced(agent.clone(), &other)
+            .list(&ListParams::default())
+            .await,
         None,
     );
     forbidden(
