@@ -381,6 +381,69 @@ async fn the_mounted_configuration_passes_check_config() {
     }
 }
 
+/// The taint, the protect annotation, the drain's grace period, the ledger's retention and
+/// staleness, and each role's extra environment reach what the daemon runs with
+/// (`spotguard check-config` of the mounted file), and the agents' node policy allows the
+/// configured taint.
+#[tokio::test]
+async fn engine_settings_and_extra_env_reach_the_daemon() {
+    let manifests = render(
+        &json!({
+            "taint": {"key": "example.com/at-risk", "value": "soon", "effect": "PreferNoSchedule"},
+            "protectAnnotation": "example.com/keep",
+            "drain": {"gracePeriod": "20s"},
+            "timings": {"releasedRetention": "2h", "staleAfter": "45m"},
+            "agent": {"extraEnv": [{"name": "SPOTGUARD_LOG_LEVEL", "value": "debug"}]},
+            "controller": {"extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}]},
+        }),
+        "sg",
+        "ops",
+    );
+    check_types(&manifests);
+    let cm: ConfigMap = typed(one(&manifests, "ConfigMap"));
+    let text = cm.data.unwrap()["config.toml"].clone();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.toml");
+    std::fs::write(&file, &text).unwrap();
+    let (status, stdout, stderr) =
+        harness::run_cli(&["check-config", file.to_str().unwrap()], &[], dir.path()).await;
+    assert!(status.success(), "{stderr}\n{text}");
+    for needle in [
+        "key = \"example.com/at-risk\"",
+        "value = \"soon\"",
+        "effect = \"PreferNoSchedule\"",
+        "protect_annotation = \"example.com/keep\"",
+        "grace_period = \"20s\"",
+        "released_retention = \"2h\"",
+        "stale_after = \"45m\"",
+    ] {
+        assert!(stdout.contains(needle), "{needle} missing from\n{stdout}");
+    }
+    let env_of = |kind: &str| -> Vec<(String, Option<String>)> {
+        let pod = &one(&manifests, kind).object["spec"]["template"]["spec"];
+        pod["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["name"].as_str().unwrap().to_string(),
+                    e["value"].as_str().map(str::to_string),
+                )
+            })
+            .collect()
+    };
+    assert!(env_of("DaemonSet").contains(&("SPOTGUARD_LOG_LEVEL".into(), Some("debug".into()))));
+    assert!(
+        env_of("Deployment").contains(&("HTTPS_PROXY".into(), Some("http://proxy:3128".into())))
+    );
+    let policy = one(&manifests, "ValidatingAdmissionPolicy")
+        .object
+        .to_string();
+    assert!(policy.contains("example.com/at-risk"), "{policy}");
+    assert!(!policy.contains("spotguard.dev/draining"), "{policy}");
+}
+
 #[test]
 fn values_switch_features_on_and_off() {
     let manifests = render(

@@ -8,9 +8,9 @@
 {{ default (printf "%s-controller" .Release.Name) .Values.serviceAccount.controllerName }}
 {{- end }}
 
-{{/* The taint phase 1 puts on an at-risk node (the engine's default). */}}
+{{/* The taint phase 1 puts on an at-risk node. */}}
 {{- define "spotguard.taintKey" -}}
-spotguard.dev/draining
+{{ .Values.taint.key }}
 {{- end }}
 
 {{/* Labels of every object of the release. */}}
