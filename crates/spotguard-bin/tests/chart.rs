@@ -382,19 +382,27 @@ async fn the_mounted_configuration_passes_check_config() {
 }
 
 /// The taint, the protect annotation, the drain's grace period, the ledger's retention and
-/// staleness, and each role's extra environment reach what the daemon runs with
-/// (`spotguard check-config` of the mounted file), and the agents' node policy allows the
-/// configured taint.
+/// staleness reach what the daemon runs with (`spotguard check-config` of the mounted file);
+/// each role's extra environment, pod annotations and affinity reach its pods; the agents'
+/// node policy allows the configured taint.
 #[tokio::test]
-async fn engine_settings_and_extra_env_reach_the_daemon() {
+async fn engine_settings_and_pod_settings_reach_the_daemon() {
     let manifests = render(
         &json!({
             "taint": {"key": "example.com/at-risk", "value": "soon", "effect": "PreferNoSchedule"},
             "protectAnnotation": "example.com/keep",
             "drain": {"gracePeriod": "20s"},
             "timings": {"releasedRetention": "2h", "staleAfter": "45m"},
-            "agent": {"extraEnv": [{"name": "SPOTGUARD_LOG_LEVEL", "value": "debug"}]},
-            "controller": {"extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}]},
+            "agent": {
+                "extraEnv": [{"name": "SPOTGUARD_LOG_LEVEL", "value": "debug"}],
+                "podAnnotations": {"example.com/team": "platform"},
+                "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [{"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]}]}]}}},
+            },
+            "controller": {
+                "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],
+                "podAnnotations": {"example.com/team": "platform"},
+                "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{"topologyKey": "topology.kubernetes.io/zone", "labelSelector": {"matchLabels": {"app.kubernetes.io/component": "controller"}}}]}},
+            },
         }),
         "sg",
         "ops",
@@ -437,6 +445,23 @@ async fn engine_settings_and_extra_env_reach_the_daemon() {
     assert!(
         env_of("Deployment").contains(&("HTTPS_PROXY".into(), Some("http://proxy:3128".into())))
     );
+    for kind in ["DaemonSet", "Deployment"] {
+        let template = &one(&manifests, kind).object["spec"]["template"];
+        assert_eq!(
+            template["metadata"]["annotations"]["example.com/team"], "platform",
+            "{kind}"
+        );
+    }
+    let affinity =
+        |kind: &str| one(&manifests, kind).object["spec"]["template"]["spec"]["affinity"].clone();
+    assert!(affinity("DaemonSet")["nodeAffinity"].is_object());
+    // The controller's own affinity replaces the default anti-affinity.
+    let controller = affinity("Deployment")["podAntiAffinity"].clone();
+    assert_eq!(
+        controller["requiredDuringSchedulingIgnoredDuringExecution"][0]["topologyKey"],
+        "topology.kubernetes.io/zone"
+    );
+    assert!(controller["preferredDuringSchedulingIgnoredDuringExecution"].is_null());
     let policy = one(&manifests, "ValidatingAdmissionPolicy")
         .object
         .to_string();
