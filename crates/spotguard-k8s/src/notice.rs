@@ -22,12 +22,11 @@ use std::time::SystemTime;
 use k8s_openapi::api::core::v1::Node as KNode;
 use kube::Api;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 use spotguard_core::model::{InstanceId, Node, Taint};
 use spotguard_core::notice::{Notice, NoticeKind};
 
 use crate::error::{object_name, Error};
-use crate::taint::{taint_ops, update_node, WritePolicy};
+use crate::taint::{annotation_ops, taint_ops, update_node, WritePolicy};
 
 /// The Node annotation in which an agent records the notice about its instance.
 pub const NOTICE_ANNOTATION: &str = "spotguard.dev/notice";
@@ -178,7 +177,9 @@ pub async fn mark_node(
             .and_then(|v| NoticeRecord::parse(node, v).ok())
             .is_some_and(|existing| !record.supersedes(&existing));
         if !keep {
-            ops.extend(annotation_ops(current, Some(&value)));
+            ops.extend(
+                annotation_ops(current, NOTICE_ANNOTATION, Some(&value)).unwrap_or_default(),
+            );
         }
         (!ops.is_empty()).then_some(ops)
     })
@@ -195,29 +196,16 @@ pub async fn clear_notice(
     policy: WritePolicy,
 ) -> Result<bool, Error> {
     match update_node(api, node, policy, "clear notice", |current| {
-        (record_of(current) == Some(record)).then(|| annotation_ops(current, None))
+        if record_of(current) == Some(record) {
+            annotation_ops(current, NOTICE_ANNOTATION, None)
+        } else {
+            None
+        }
     })
     .await
     {
         Err(Error::NotFound { .. }) => Ok(false),
         other => other,
-    }
-}
-
-/// JSON patch operations setting (`Some`) or removing (`None`) the record.
-fn annotation_ops(current: &KNode, value: Option<&str>) -> Vec<Value> {
-    let path = format!(
-        "/metadata/annotations/{}",
-        crate::taint::pointer_escape(NOTICE_ANNOTATION)
-    );
-    match value {
-        None => vec![json!({"op": "remove", "path": path})],
-        Some(v) if current.metadata.annotations.is_none() => {
-            vec![
-                json!({"op": "add", "path": "/metadata/annotations", "value": {NOTICE_ANNOTATION: v}}),
-            ]
-        }
-        Some(v) => vec![json!({"op": "add", "path": path, "value": v})],
     }
 }
 

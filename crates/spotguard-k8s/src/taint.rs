@@ -233,24 +233,27 @@ pub async fn set_annotation(
     policy: WritePolicy,
 ) -> Result<bool, Error> {
     update_node(api, node, policy, "annotate", |current| {
-        let annotations = current.metadata.annotations.clone();
-        let existing = annotations
-            .as_ref()
-            .and_then(|a| a.get(key))
-            .map(String::as_str);
-        if existing == value {
-            return None;
-        }
-        let path = format!("/metadata/annotations/{}", pointer_escape(key));
-        Some(match value {
-            None => vec![json!({"op": "remove", "path": path})],
-            Some(v) if annotations.is_none() => {
-                vec![json!({"op": "add", "path": "/metadata/annotations", "value": {key: v}})]
-            }
-            Some(v) => vec![json!({"op": "add", "path": path, "value": v})],
-        })
+        annotation_ops(current, key, value)
     })
     .await
+}
+
+/// The JSON patch operations setting (`Some`) or removing (`None`) annotation `key` on
+/// `current` (see [`set_annotation`]); `None` when it already is so.
+pub(crate) fn annotation_ops(current: &Node, key: &str, value: Option<&str>) -> Option<Vec<Value>> {
+    let annotations = current.metadata.annotations.as_ref();
+    let existing = annotations.and_then(|a| a.get(key)).map(String::as_str);
+    if existing == value {
+        return None;
+    }
+    let path = format!("/metadata/annotations/{}", pointer_escape(key));
+    Some(match value {
+        None => vec![json!({"op": "remove", "path": path})],
+        Some(v) if annotations.is_none() => {
+            vec![json!({"op": "add", "path": "/metadata/annotations", "value": {key: v}})]
+        }
+        Some(v) => vec![json!({"op": "add", "path": path, "value": v})],
+    })
 }
 
 #[cfg(test)]
