@@ -77,6 +77,16 @@ pub struct NodeMarker {
     pub retry: NoticeRetry,
 }
 
+impl Handover {
+    /// How a failed hand-over is retried: only node writes fail and are retried.
+    fn retry(&self) -> Option<&NoticeRetry> {
+        match self {
+            Handover::Node(marker) => Some(&marker.retry),
+            Handover::Local { .. } | Handover::DryRun { .. } => None,
+        }
+    }
+}
+
 impl NodeMarker {
     /// Taints the node and records `notice` on it, in one write.
     async fn mark(&self, notice: &Notice, metrics: &Metrics) -> Result<(), spotguard_k8s::Error> {
@@ -134,11 +144,9 @@ pub async fn run_agent(
                         .notice
                         .deadline()
                         .is_some_and(|d| SystemTime::now() + p.pause >= d);
-                    let retry = match &handover {
-                        Handover::Node(marker) => &marker.retry,
-                        _ => unreachable!("only node writes fail"),
-                    };
-                    if p.attempts >= retry.attempts.max(1) || past_deadline {
+                    // Only a node write fails, and only a `Node` hand-over returns it.
+                    let retry = handover.retry();
+                    if retry.is_none_or(|r| p.attempts >= r.attempts.max(1)) || past_deadline {
                         tracing::error!(
                             instance = %p.notice.instance_id,
                             attempts = p.attempts,
@@ -155,7 +163,7 @@ pub async fn run_agent(
                             humantime::format_duration(p.pause)
                         );
                         p.retry_at = Some(Instant::now() + p.pause);
-                        p.pause = (p.pause * 2).min(retry.max_backoff);
+                        p.pause = (p.pause * 2).min(retry.map_or(p.pause, |r| r.max_backoff));
                     }
                 }
             }
@@ -171,11 +179,8 @@ pub async fn run_agent(
                         newer.supersedes(&NoticeRecord::from(&p.notice))
                     });
                     if replaces {
-                        let backoff = match &handover {
-                            Handover::Node(marker) => marker.retry.backoff,
-                            _ => Duration::ZERO,
-                        };
-                        pending = Some(Pending { notice, attempts: 0, retry_at: None, pause: backoff });
+                        let pause = handover.retry().map_or(Duration::ZERO, |r| r.backoff);
+                        pending = Some(Pending { notice, attempts: 0, retry_at: None, pause });
                     }
                 }
                 None => break,
