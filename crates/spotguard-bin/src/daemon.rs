@@ -369,11 +369,9 @@ async fn serve(config: DaemonConfig, warnings: Vec<ConfigWarning>) -> Result<(),
     tracing::info!(role = role.as_str(), identity = %identity, "spotguard ready");
     let mut roles = tokio::task::JoinSet::new();
     // An agent beside the controller hands its notices straight over.
-    let local = (agent.is_some() && controller.is_some()).then(|| mpsc::channel(8));
-    let (local_sender, local_receiver) = match local {
-        Some((sender, receiver)) => (Some(sender), Some(receiver)),
-        None => (None, None),
-    };
+    let (local_sender, local_receiver) = (agent.is_some() && controller.is_some())
+        .then(|| mpsc::channel(8))
+        .unzip();
     if let Some((watcher, node)) = agent {
         let marker = (!dry).then(|| NodeMarker {
             nodes: Api::all(client.clone()),
