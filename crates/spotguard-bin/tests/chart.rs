@@ -6,7 +6,7 @@
 
 mod harness;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use harness::chart::{by_kind, grants, grants_of, render, Grant, Manifest};
 use k8s_openapi::api::admissionregistration::v1::{
@@ -606,4 +606,251 @@ fn iam_policy_example_scopes_writes_to_tagged_groups() {
         assert!(all.contains(&needed), "{needed} missing");
     }
     assert_eq!(all.len(), 5, "nothing more than Spot Guard calls: {all:?}");
+}
+
+/// Chart values and the setting of the configuration file each one sets, for every role.
+const SETTINGS: &[(&str, &str)] = &[
+    ("groups", "groups"),
+    ("timings.imdsPoll", "timings.imds_poll"),
+    ("timings.asgPoll", "timings.asg_poll"),
+    ("timings.scaleUpTimeout", "timings.scale_up_timeout"),
+    ("timings.monitorInterval", "timings.monitor_interval"),
+    ("timings.stability", "timings.stability"),
+    ("timings.cleanupInterval", "timings.cleanup_interval"),
+    ("timings.errorWindow", "timings.error_window"),
+    (
+        "timings.interruptionDrainWindow",
+        "timings.interruption_drain_window",
+    ),
+    ("timings.releasedRetention", "timings.released_retention"),
+    ("timings.staleAfter", "timings.stale_after"),
+    ("drain.timeout", "drain.timeout"),
+    ("drain.deleteEmptydirData", "drain.delete_emptydir_data"),
+    ("drain.force", "drain.force"),
+    ("drain.concurrency", "drain.concurrency"),
+    ("drain.gracePeriod", "drain.grace_period"),
+    ("taint.key", "taint.key"),
+    ("taint.value", "taint.value"),
+    ("taint.effect", "taint.effect"),
+    ("protectAnnotation", "protect_annotation"),
+    ("capacityBuffer.cpuPercent", "capacity_buffer.cpu_percent"),
+    (
+        "capacityBuffer.memoryPercent",
+        "capacity_buffer.memory_percent",
+    ),
+    ("paybackPrescale", "payback_prescale"),
+    ("capacityRebalance", "capacity_rebalance"),
+    ("noticeRetry.attempts", "notice_retry.attempts"),
+    ("noticeRetry.backoff", "notice_retry.backoff"),
+    ("noticeRetry.maxBackoff", "notice_retry.max_backoff"),
+    ("dryRun", "daemon.dry_run"),
+    ("logFormat", "daemon.log_format"),
+    ("logLevel", "daemon.log_level"),
+    ("events", "daemon.events"),
+    ("aws.region", "daemon.aws_region"),
+    ("aws.endpoint", "daemon.aws_endpoint"),
+    ("aws.maxAttempts", "daemon.aws_max_attempts"),
+    ("ledgerConfigMap", "daemon.ledger_configmap"),
+    ("leaderLease", "daemon.leader_lease"),
+    ("scaleLockPrefix", "daemon.scale_lock_prefix"),
+    ("leaseDuration", "daemon.lease_duration"),
+    ("shutdownTimeout", "daemon.shutdown_timeout"),
+    ("startupTimeout", "daemon.startup_timeout"),
+];
+
+/// Settings the chart sets for each pod from what the pod is, not from a value.
+const SET_BY_THE_CHART: &[&str] = &[
+    // From the template: agent or controller.
+    "daemon.role",
+    // The release namespace.
+    "daemon.namespace",
+    // From `<role>.metricsPort`, checked below.
+    "daemon.metrics_addr",
+    // Agents: the pod's node, and the file in the state volume (`agent.stateHostPath` says
+    // where that volume lives).
+    "daemon.node_name",
+    "daemon.notice_state_file",
+    // Agents: `agent.imdsEndpoint`, checked below.
+    "daemon.imds_endpoint",
+];
+
+/// A TOML document's leaves by dotted path (an array is one leaf).
+fn toml_leaves(prefix: &str, value: &toml::Value, out: &mut BTreeMap<String, toml::Value>) {
+    match value {
+        toml::Value::Table(table) => {
+            for (key, value) in table {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                toml_leaves(&path, value, out);
+            }
+        }
+        other => {
+            out.insert(prefix.to_string(), other.clone());
+        }
+    }
+}
+
+/// A chart value and a setting say the same: equal as text, as durations (`90s` is
+/// `1m 30s`), or as group pairs (`onDemand` is `on_demand`).
+fn same(value: &Value, setting: &toml::Value) -> bool {
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let setting_text = match setting {
+        toml::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    if text(value) == setting_text {
+        return true;
+    }
+    if let (Ok(a), Ok(b)) = (
+        humantime::parse_duration(&text(value)),
+        humantime::parse_duration(&setting_text),
+    ) {
+        return a == b;
+    }
+    match (value, setting) {
+        (Value::Array(pairs), toml::Value::Array(groups)) => {
+            pairs.len() == groups.len()
+                && pairs.iter().zip(groups).all(|(p, g)| {
+                    g.get("spot").and_then(toml::Value::as_str) == p["spot"].as_str()
+                        && g.get("on_demand").and_then(toml::Value::as_str)
+                            == p["onDemand"].as_str()
+                })
+        }
+        _ => false,
+    }
+}
+
+/// A value of a values tree by dotted path.
+fn value_at<'a>(values: &'a Value, path: &str) -> &'a Value {
+    path.split('.').fold(values, |v, key| &v[key])
+}
+
+/// The environment a rendered pod's container gets: literal values, and the pod's node for
+/// a `spec.nodeName` field reference.
+fn pod_env(manifest: &Manifest) -> Vec<(String, String)> {
+    let container = &manifest.object["spec"]["template"]["spec"]["containers"][0];
+    container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| {
+            let value = match (
+                &e["value"],
+                e["valueFrom"]["fieldRef"]["fieldPath"].as_str(),
+            ) {
+                (Value::String(v), _) => v.clone(),
+                (_, Some("spec.nodeName")) => "ip-10-0-0-1.ec2.internal".to_string(),
+                _ => return None,
+            };
+            Some((e["name"].as_str().unwrap().to_string(), value))
+        })
+        .collect()
+}
+
+/// Every setting of the configuration file is a chart value (or one the chart sets for each
+/// pod), and with every value changed (`tests/data/values-non-default.yaml`) each reaches
+/// what each role runs with: `spotguard check-config` of the mounted file, with the pod's
+/// environment. A setting added to the file but not to the chart fails here.
+#[tokio::test]
+async fn every_setting_of_the_configuration_file_is_a_value_that_reaches_the_daemon() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/values-non-default.yaml"
+    );
+    let values: Value = serde_norway::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let manifests = render(&values, "sg", "ops");
+    let cm: ConfigMap = typed(one(&manifests, "ConfigMap"));
+    let text = cm.data.unwrap()["config.toml"].clone();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.toml");
+    std::fs::write(&file, &text).unwrap();
+    for (kind, role) in [("DaemonSet", "agent"), ("Deployment", "controller")] {
+        let env = pod_env(one(&manifests, kind));
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let (status, stdout, stderr) =
+            harness::run_cli(&["check-config", file.to_str().unwrap()], &env, dir.path()).await;
+        assert!(status.success(), "{role}: {stderr}\n{text}");
+        let effective: toml::Value = toml::from_str(&stdout).unwrap();
+        let mut settings = BTreeMap::new();
+        toml_leaves("", &effective, &mut settings);
+        for (value, setting) in SETTINGS {
+            let got = settings
+                .get(*setting)
+                .unwrap_or_else(|| panic!("{role}: {setting} (value {value}) not set\n{stdout}"));
+            let want = value_at(&values, value);
+            assert!(
+                same(want, got),
+                "{role}: value {value} = {want} but {setting} = {got}"
+            );
+        }
+        for setting in settings.keys() {
+            assert!(
+                SETTINGS.iter().any(|(_, s)| s == setting)
+                    || SET_BY_THE_CHART.contains(&setting.as_str()),
+                "{role}: setting {setting} is no chart value\n{stdout}"
+            );
+        }
+        let port = value_at(&values, &format!("{role}.metricsPort"));
+        assert_eq!(
+            settings["daemon.metrics_addr"].as_str(),
+            Some(format!("0.0.0.0:{port}").as_str())
+        );
+        assert_eq!(settings["daemon.role"].as_str(), Some(role));
+        assert_eq!(settings["daemon.namespace"].as_str(), Some("ops"));
+        if role == "agent" {
+            assert_eq!(
+                settings["daemon.imds_endpoint"].as_str(),
+                values["agent"]["imdsEndpoint"].as_str()
+            );
+            assert_eq!(
+                settings["daemon.node_name"].as_str(),
+                Some("ip-10-0-0-1.ec2.internal")
+            );
+        } else {
+            assert!(!settings.contains_key("daemon.imds_endpoint"));
+        }
+    }
+    // The notices file lives in the state volume, on the node's path when one is given.
+    let ds: DaemonSet = typed(one(&manifests, "DaemonSet"));
+    let pod = ds.spec.template.spec.unwrap();
+    let state = pod
+        .volumes
+        .unwrap()
+        .into_iter()
+        .find(|v| v.name == "state")
+        .unwrap();
+    assert_eq!(
+        state.host_path.map(|h| h.path),
+        values["agent"]["stateHostPath"]
+            .as_str()
+            .map(str::to_string)
+    );
+    let mount = pod.containers[0]
+        .volume_mounts
+        .clone()
+        .unwrap()
+        .into_iter()
+        .find(|m| m.name == "state")
+        .unwrap();
+    let notices = pod_env(one(&manifests, "DaemonSet"))
+        .into_iter()
+        .find(|(k, _)| k == "SPOTGUARD_NOTICE_STATE_FILE")
+        .unwrap()
+        .1;
+    assert!(
+        notices.starts_with(&format!("{}/", mount.mount_path)),
+        "{notices}"
+    );
+    // By default the state is an emptyDir.
+    let default = render(&json!({}), "sg", "ops");
+    let ds: DaemonSet = typed(one(&default, "DaemonSet"));
+    let volumes = ds.spec.template.spec.unwrap().volumes.unwrap();
+    let state = volumes.iter().find(|v| v.name == "state").unwrap();
+    assert!(state.empty_dir.is_some() && state.host_path.is_none());
 }
