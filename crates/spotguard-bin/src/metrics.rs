@@ -4,8 +4,9 @@
 //! Auto Scaling calls are counted by the AWS adapter's [`ApiCallCounter`] and IMDS polls by
 //! the notice watcher; both are copied into the registry at each scrape ([`Metrics::encode`]).
 
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -18,7 +19,7 @@ use prometheus_client::registry::Registry;
 use spotguard_aws::{ApiCallCounter, CallSnapshot, WatcherCounts, WatcherStats};
 use spotguard_core::config::DrainOptions;
 use spotguard_core::events::Check;
-use spotguard_core::ledger::Ledger;
+use spotguard_core::ledger::{EntryKind, Ledger};
 use spotguard_core::model::Taint;
 use spotguard_core::ports::{
     Cluster, ClusterError, DrainReport, LedgerStore, LockError, PodOutcome, ScaleLock, StoreError,
@@ -143,6 +144,12 @@ pub struct Metrics {
     pub scale_downs: Family<GroupLabel, Counter>,
     /// Spot pre-scales paid back, by spot group.
     pub prescale_paybacks: Family<GroupLabel, Counter>,
+    /// On-demand instance time held by fallbacks given back, in seconds, by on-demand group.
+    pub fallback_seconds: Family<GroupLabel, Counter<f64, AtomicU64>>,
+    /// Age of the oldest open ledger entry, by entry kind (0 when none is open).
+    pub oldest_open_entry: Family<KindLabel, Gauge<f64, AtomicU64>>,
+    /// Webhook notifications by outcome (sent, failed, dropped).
+    pub notifications: Family<OutcomeLabel, Counter>,
     /// Drain durations in seconds, by outcome.
     pub drain_seconds: Family<OutcomeLabel, Histogram>,
     /// Pods a drain left in place because a PodDisruptionBudget refused their eviction.
@@ -192,6 +199,9 @@ impl Metrics {
             ledger_entries: Family::default(),
             scale_downs: Family::default(),
             prescale_paybacks: Family::default(),
+            fallback_seconds: Family::default(),
+            oldest_open_entry: Family::default(),
+            notifications: Family::default(),
             drain_seconds: Family::new_with_constructor(drain_histogram),
             evictions_blocked: Family::default(),
             api_calls: Family::default(),
@@ -297,6 +307,29 @@ impl Metrics {
                 "prescale_paybacks",
                 "Spot pre-scales paid back, by spot group",
                 metrics.prescale_paybacks.clone(),
+            );
+            families.push("spotguard_fallback_instance_seconds".into());
+            r.register_with_unit(
+                "fallback_instance",
+                "On-demand instance time held by fallbacks that were given back, counted at \
+                 the payback, by on-demand group",
+                prometheus_client::registry::Unit::Seconds,
+                metrics.fallback_seconds.clone(),
+            );
+            families.push("spotguard_oldest_open_entry_age_seconds".into());
+            r.register_with_unit(
+                "oldest_open_entry_age",
+                "Age of the oldest open ledger entry, by kind (fallback, prescale, surplus); \
+                 0 when none is open (leading controller)",
+                prometheus_client::registry::Unit::Seconds,
+                metrics.oldest_open_entry.clone(),
+            );
+            families.push("spotguard_notifications".into());
+            r.register(
+                "notifications",
+                "Webhook notifications by outcome (sent, failed after retries, dropped because \
+                 the queue was full)",
+                metrics.notifications.clone(),
             );
             families.push("spotguard_drain_duration_seconds".into());
             r.register_with_unit(
@@ -453,7 +486,20 @@ impl Metrics {
     }
 
     /// Sets the ledger gauge from a ledger.
-    pub fn set_ledger(&self, ledger: &Ledger) {
+    pub fn set_ledger(&self, ledger: &Ledger, now: SystemTime) {
+        for kind in [EntryKind::Fallback, EntryKind::Prescale, EntryKind::Surplus] {
+            let oldest = ledger
+                .open()
+                .filter(|e| e.kind == kind)
+                .map(|e| now.duration_since(e.created_at).unwrap_or_default())
+                .max()
+                .unwrap_or_default();
+            self.oldest_open_entry
+                .get_or_create(&KindLabel {
+                    kind: kind.as_str().into(),
+                })
+                .set(oldest.as_secs_f64());
+        }
         let [pending, active, draining, released] = ledger.counts();
         for (state, n) in [
             ("pending", pending),
@@ -683,7 +729,7 @@ mod tests {
             },
             Duration::from_secs(3),
         );
-        m.set_ledger(&Ledger::default());
+        m.set_ledger(&Ledger::default(), SystemTime::now());
         let text = m.encode();
         for needle in [
             "spotguard_notices_total{kind=\"rebalance\"} 1",
@@ -693,6 +739,7 @@ mod tests {
             "spotguard_evictions_blocked_by_pdb_total{pdb=\"a/pdb\"} 1",
             "spotguard_drain_duration_seconds_count{outcome=\"incomplete\"} 1",
             "spotguard_ledger_entries{state=\"pending\"} 0",
+            "spotguard_oldest_open_entry_age_seconds{kind=\"fallback\"} 0",
             "spotguard_build_info{version=",
         ] {
             assert!(text.contains(needle), "{needle} missing from\n{text}");

@@ -132,17 +132,18 @@ impl DaemonObserver {
             Event::NoReplacement { .. } => {
                 m.no_replacement.inc();
             }
-            Event::PaidBack { group, .. } => {
-                let family = if self.on_demand_groups.contains(group) {
-                    &m.scale_downs
-                } else {
-                    &m.prescale_paybacks
+            Event::PaidBack { group, held, .. } => {
+                let label = GroupLabel {
+                    group: group.clone(),
                 };
-                family
-                    .get_or_create(&GroupLabel {
-                        group: group.clone(),
-                    })
-                    .inc();
+                if self.on_demand_groups.contains(group) {
+                    m.scale_downs.get_or_create(&label).inc();
+                    m.fallback_seconds
+                        .get_or_create(&label)
+                        .inc_by(held.as_secs_f64());
+                } else {
+                    m.prescale_paybacks.get_or_create(&label).inc();
+                }
             }
             Event::Verdict { check, verdict, .. } => m.count_verdict(*check, verdict),
             Event::Error { .. } => {
@@ -153,180 +154,11 @@ impl DaemonObserver {
     }
 }
 
-/// The names an event is about, for structured log fields.
-#[derive(Default)]
-struct Subjects<'a> {
-    instance: Option<&'a str>,
-    node: Option<&'a str>,
-    group: Option<&'a str>,
-    entry: Option<&'a str>,
-}
-
-fn subjects(event: &Event) -> (&'static str, Subjects<'_>) {
-    let s = Subjects::default();
-    match event {
-        Event::NoticeReceived { instance, .. } => (
-            "NoticeReceived",
-            Subjects {
-                instance: Some(instance),
-                ..s
-            },
-        ),
-        Event::NoticeCoalesced { instance } => (
-            "NoticeCoalesced",
-            Subjects {
-                instance: Some(instance),
-                ..s
-            },
-        ),
-        Event::NoticeRejected { instance, .. } => (
-            "NoticeRejected",
-            Subjects {
-                instance: Some(instance),
-                ..s
-            },
-        ),
-        Event::NoticeRetrying { instance, .. } => (
-            "NoticeRetrying",
-            Subjects {
-                instance: Some(instance),
-                ..s
-            },
-        ),
-        Event::NoticeAbandoned { instance, .. } => (
-            "NoticeAbandoned",
-            Subjects {
-                instance: Some(instance),
-                ..s
-            },
-        ),
-        Event::ScalingSkipped { instance, .. } => (
-            "ScalingSkipped",
-            Subjects {
-                instance: Some(instance),
-                ..s
-            },
-        ),
-        Event::Tainted { node } => (
-            "Tainted",
-            Subjects {
-                node: Some(node),
-                ..s
-            },
-        ),
-        Event::Untainted { node } => (
-            "Untainted",
-            Subjects {
-                node: Some(node),
-                ..s
-            },
-        ),
-        Event::Cordoned { node } => (
-            "Cordoned",
-            Subjects {
-                node: Some(node),
-                ..s
-            },
-        ),
-        Event::Uncordoned { node } => (
-            "Uncordoned",
-            Subjects {
-                node: Some(node),
-                ..s
-            },
-        ),
-        Event::ScaledUp { group, .. } => (
-            "ScaledUp",
-            Subjects {
-                group: Some(group),
-                ..s
-            },
-        ),
-        Event::ScaleUpFailed { group, .. } => (
-            "ScaleUpFailed",
-            Subjects {
-                group: Some(group),
-                ..s
-            },
-        ),
-        Event::InstanceReady {
-            group, instance, ..
-        } => (
-            "InstanceReady",
-            Subjects {
-                group: Some(group),
-                instance: Some(instance),
-                ..s
-            },
-        ),
-        Event::FallbackRecorded { entry, group } => (
-            "FallbackRecorded",
-            Subjects {
-                entry: Some(entry),
-                group: Some(group),
-                ..s
-            },
-        ),
-        Event::NoReplacement { node, .. } => (
-            "NoReplacement",
-            Subjects {
-                node: Some(node),
-                ..s
-            },
-        ),
-        Event::Drained { node, .. } => (
-            "Drained",
-            Subjects {
-                node: Some(node),
-                ..s
-            },
-        ),
-        Event::DrainIncomplete { node, .. } => (
-            "DrainIncomplete",
-            Subjects {
-                node: Some(node),
-                ..s
-            },
-        ),
-        Event::PaidBack { entry, group, .. } => (
-            "PaidBack",
-            Subjects {
-                entry: Some(entry),
-                group: Some(group),
-                ..s
-            },
-        ),
-        Event::Verdict { entry, .. } => (
-            "Verdict",
-            Subjects {
-                entry: Some(entry),
-                ..s
-            },
-        ),
-        Event::ScaleDownStarted { entry, node } => (
-            "ScaleDownStarted",
-            Subjects {
-                entry: Some(entry),
-                node: Some(node),
-                ..s
-            },
-        ),
-        Event::EntrySettled { entry, .. } => (
-            "EntrySettled",
-            Subjects {
-                entry: Some(entry),
-                ..s
-            },
-        ),
-        Event::LedgerCleaned { .. } => ("LedgerCleaned", s),
-        Event::Error { .. } => ("Error", s),
-    }
-}
-
 impl Observer for DaemonObserver {
     fn observe(&self, _at: SystemTime, event: &Event) {
         self.count(event);
-        let (kind, s) = subjects(event);
+        let kind = event.name();
+        let s = event.subjects();
         let (instance, node, group, entry) = (
             s.instance.unwrap_or_default(),
             s.node.unwrap_or_default(),
@@ -340,15 +172,7 @@ impl Observer for DaemonObserver {
         }
         match event {
             Event::Verdict { verdict, .. } if verdict.is_go() => log!(debug),
-            Event::Verdict { .. } => log!(info),
-            Event::NoticeRejected { .. }
-            | Event::NoticeRetrying { .. }
-            | Event::NoticeAbandoned { .. }
-            | Event::ScalingSkipped { .. }
-            | Event::ScaleUpFailed { .. }
-            | Event::NoReplacement { .. }
-            | Event::DrainIncomplete { .. }
-            | Event::Error { .. } => log!(warn),
+            _ if event.is_warning() => log!(warn),
             _ => log!(info),
         }
 
@@ -421,6 +245,7 @@ mod tests {
                     entry: "e".into(),
                     group: group.into(),
                     how: "terminated".into(),
+                    held: std::time::Duration::from_secs(3600),
                 },
             );
         }

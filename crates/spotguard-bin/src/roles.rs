@@ -579,7 +579,7 @@ async fn tick(engine: &DaemonEngine, metrics: &Metrics) {
         Err(e) => tracing::warn!(error = %e, "monitor tick failed"),
     }
     match engine.ledger().await {
-        Ok(ledger) => metrics.set_ledger(&ledger),
+        Ok(ledger) => metrics.set_ledger(&ledger, SystemTime::now()),
         Err(e) => tracing::debug!(error = %e, "could not read the ledger for metrics"),
     }
 }

@@ -152,6 +152,9 @@ pub enum Event {
         group: String,
         /// How (`terminated i-… with decrement`, ...).
         how: String,
+        /// How long the capacity was held: from the entry's record to its payback.
+        #[serde(default)]
+        held: Duration,
     },
     /// A predicate's verdict on a ledger entry.
     Verdict {
@@ -249,7 +252,9 @@ impl fmt::Display for Event {
             Self::DrainIncomplete { node, remaining } => {
                 write!(f, "drain of {node} incomplete: {}", remaining.join(", "))
             }
-            Self::PaidBack { entry, group, how } => {
+            Self::PaidBack {
+                entry, group, how, ..
+            } => {
                 write!(f, "{entry}: gave back {group} capacity, {how}")
             }
             Self::Verdict {
@@ -266,6 +271,134 @@ impl fmt::Display for Event {
             }
             Self::Error { during, message } => write!(f, "error while {during}: {message}"),
         }
+    }
+}
+
+/// The names an event is about, for structured log fields, notifications and status.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Subjects<'a> {
+    /// Instance.
+    pub instance: Option<&'a str>,
+    /// Node.
+    pub node: Option<&'a str>,
+    /// Group.
+    pub group: Option<&'a str>,
+    /// Ledger entry.
+    pub entry: Option<&'a str>,
+}
+
+impl Event {
+    /// The variant's name (`ScaledUp`, `PaidBack`, …): stable, for logs, metrics and
+    /// notification filters.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::NoticeReceived { .. } => "NoticeReceived",
+            Self::NoticeCoalesced { .. } => "NoticeCoalesced",
+            Self::NoticeRejected { .. } => "NoticeRejected",
+            Self::NoticeRetrying { .. } => "NoticeRetrying",
+            Self::NoticeAbandoned { .. } => "NoticeAbandoned",
+            Self::ScalingSkipped { .. } => "ScalingSkipped",
+            Self::Tainted { .. } => "Tainted",
+            Self::Untainted { .. } => "Untainted",
+            Self::Cordoned { .. } => "Cordoned",
+            Self::Uncordoned { .. } => "Uncordoned",
+            Self::ScaledUp { .. } => "ScaledUp",
+            Self::ScaleUpFailed { .. } => "ScaleUpFailed",
+            Self::InstanceReady { .. } => "InstanceReady",
+            Self::FallbackRecorded { .. } => "FallbackRecorded",
+            Self::NoReplacement { .. } => "NoReplacement",
+            Self::Drained { .. } => "Drained",
+            Self::DrainIncomplete { .. } => "DrainIncomplete",
+            Self::PaidBack { .. } => "PaidBack",
+            Self::Verdict { .. } => "Verdict",
+            Self::ScaleDownStarted { .. } => "ScaleDownStarted",
+            Self::EntrySettled { .. } => "EntrySettled",
+            Self::LedgerCleaned { .. } => "LedgerCleaned",
+            Self::Error { .. } => "Error",
+        }
+    }
+
+    /// The instance, node, group and entry the event names.
+    pub fn subjects(&self) -> Subjects<'_> {
+        let s = Subjects::default();
+        match self {
+            Self::NoticeReceived { instance, .. }
+            | Self::NoticeCoalesced { instance }
+            | Self::NoticeRejected { instance, .. }
+            | Self::NoticeRetrying { instance, .. }
+            | Self::NoticeAbandoned { instance, .. }
+            | Self::ScalingSkipped { instance, .. } => Subjects {
+                instance: Some(instance),
+                ..s
+            },
+            Self::Tainted { node }
+            | Self::Untainted { node }
+            | Self::Cordoned { node }
+            | Self::Uncordoned { node }
+            | Self::NoReplacement { node, .. }
+            | Self::Drained { node, .. }
+            | Self::DrainIncomplete { node, .. } => Subjects {
+                node: Some(node),
+                ..s
+            },
+            Self::ScaledUp { group, .. } | Self::ScaleUpFailed { group, .. } => Subjects {
+                group: Some(group),
+                ..s
+            },
+            Self::InstanceReady {
+                group, instance, ..
+            } => Subjects {
+                group: Some(group),
+                instance: Some(instance),
+                ..s
+            },
+            Self::FallbackRecorded { entry, group } | Self::PaidBack { entry, group, .. } => {
+                Subjects {
+                    entry: Some(entry),
+                    group: Some(group),
+                    ..s
+                }
+            }
+            Self::Verdict { entry, .. } | Self::EntrySettled { entry, .. } => Subjects {
+                entry: Some(entry),
+                ..s
+            },
+            Self::ScaleDownStarted { entry, node } => Subjects {
+                entry: Some(entry),
+                node: Some(node),
+                ..s
+            },
+            Self::LedgerCleaned { .. } | Self::Error { .. } => s,
+        }
+    }
+
+    /// Whether the event is something Spot Guard did or decided about a notice, a node or
+    /// capacity — what `spotguard status` lists and notifications send by default — rather
+    /// than bookkeeping (a verdict, a retry, a merged notice, a ledger cleanup).
+    pub fn is_action(&self) -> bool {
+        !matches!(
+            self,
+            Self::NoticeCoalesced { .. }
+                | Self::NoticeRetrying { .. }
+                | Self::Verdict { .. }
+                | Self::LedgerCleaned { .. }
+        )
+    }
+
+    /// Whether the event reports something that went wrong or was refused (a warning log
+    /// line, a Warning Event, a notification's warning colour).
+    pub fn is_warning(&self) -> bool {
+        matches!(
+            self,
+            Self::NoticeRejected { .. }
+                | Self::NoticeRetrying { .. }
+                | Self::NoticeAbandoned { .. }
+                | Self::ScalingSkipped { .. }
+                | Self::ScaleUpFailed { .. }
+                | Self::NoReplacement { .. }
+                | Self::DrainIncomplete { .. }
+                | Self::Error { .. }
+        )
     }
 }
 

@@ -40,6 +40,17 @@ pub enum EntryKind {
     Surplus,
 }
 
+impl EntryKind {
+    /// The name the ledger's JSON uses (`fallback`, `prescale`, `surplus`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fallback => "fallback",
+            Self::Prescale => "prescale",
+            Self::Surplus => "surplus",
+        }
+    }
+}
+
 /// Where an entry is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -52,6 +63,18 @@ pub enum EntryState {
     Draining,
     /// Paid back (or found never to have happened); kept for a while, then cleaned up.
     Released,
+}
+
+impl EntryState {
+    /// The name the ledger's JSON uses (`pending`, `active`, `draining`, `released`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Active => "active",
+            Self::Draining => "draining",
+            Self::Released => "released",
+        }
+    }
 }
 
 /// One capacity increase.
@@ -224,13 +247,20 @@ impl Ledger {
         self.entries.iter_mut().find(|e| e.id == id)
     }
 
-    /// Moves an entry to a state, with a note; no-op for unknown ids.
-    pub fn transition(&mut self, id: &str, state: EntryState, note: &str, now: SystemTime) {
-        if let Some(e) = self.get_mut(id) {
-            e.state = state;
-            e.note = note.to_string();
-            e.updated_at = now;
-        }
+    /// Moves an entry to a state, with a note, and returns how long the entry had been in
+    /// the ledger by then; no-op (and `None`) for unknown ids.
+    pub fn transition(
+        &mut self,
+        id: &str,
+        state: EntryState,
+        note: &str,
+        now: SystemTime,
+    ) -> Option<std::time::Duration> {
+        let e = self.get_mut(id)?;
+        e.state = state;
+        e.note = note.to_string();
+        e.updated_at = now;
+        Some(now.duration_since(e.created_at).unwrap_or_default())
     }
 
     /// Entries not yet released.
@@ -275,6 +305,21 @@ impl Ledger {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn names_are_the_json_names() {
+        for kind in [EntryKind::Fallback, EntryKind::Prescale, EntryKind::Surplus] {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
+        for state in [
+            EntryState::Pending,
+            EntryState::Active,
+            EntryState::Draining,
+            EntryState::Released,
+        ] {
+            assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
+        }
+    }
 
     #[test]
     fn ids_are_unique_and_state_flows() {

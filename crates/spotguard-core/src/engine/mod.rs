@@ -375,10 +375,14 @@ where
         })
     }
 
-    async fn transition(&self, id: &str, state: EntryState, note: &str) -> Result<(), Error> {
+    /// Moves an entry to `state`; returns how long it had been open (zero for an entry no
+    /// longer in the ledger).
+    async fn transition(&self, id: &str, state: EntryState, note: &str) -> Result<Duration, Error> {
         let now = self.clock.now();
-        self.update_ledger(|l| l.transition(id, state, note, now))
-            .await
+        let held = self
+            .update_ledger(|l| l.transition(id, state, note, now))
+            .await?;
+        Ok(held.unwrap_or_default())
     }
 
     // ----- cloud calls --------------------------------------------------------------------
@@ -1344,16 +1348,17 @@ where
                 }
             };
             // Released before the lock goes, so the next holder sees it paid back.
-            self.transition(entry, EntryState::Released, &how).await?;
-            Ok(Some(how))
+            let held = self.transition(entry, EntryState::Released, &how).await?;
+            Ok(Some((how, held)))
         });
-        let Some(how) = paid.await? else {
+        let Some((how, held)) = paid.await? else {
             return Ok(false);
         };
         self.emit(Event::PaidBack {
             entry: entry.to_string(),
             group: spot_group.to_string(),
             how,
+            held,
         });
         Ok(true)
     }
@@ -1450,11 +1455,12 @@ where
         } else {
             "pre-scale delivered nothing and no unfilled slot is left".to_string()
         };
-        self.transition(entry, EntryState::Released, &how).await?;
+        let held = self.transition(entry, EntryState::Released, &how).await?;
         self.emit(Event::PaidBack {
             entry: entry.to_string(),
             group: group.to_string(),
             how,
+            held,
         });
         Ok(())
     }
@@ -1768,6 +1774,11 @@ where
             entry: entry.id.clone(),
             group: od.name.clone(),
             how,
+            held: self
+                .clock
+                .now()
+                .duration_since(entry.created_at)
+                .unwrap_or_default(),
         });
         report.released.push(entry.id.clone());
         Ok(())
