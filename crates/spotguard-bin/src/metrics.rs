@@ -670,6 +670,11 @@ impl<L: ScaleLock> ScaleLock for Metered<L> {
     }
 }
 
+/// The Grafana dashboard under `deploy/grafana/` is checked against these metrics.
+#[cfg(test)]
+#[path = "dashboard_tests.rs"]
+mod dashboard_tests;
+
 #[cfg(test)]
 mod tests {
     use super::*;
