@@ -193,6 +193,15 @@ pub struct Overrides {
         help_heading = "Daemon"
     )]
     pub ledger_configmap: Option<String>,
+    /// ConfigMap of the monitor's latest verdicts and the recent actions
+    /// (daemon.status_configmap).
+    #[arg(
+        long,
+        env = "SPOTGUARD_STATUS_CONFIGMAP",
+        value_name = "NAME",
+        help_heading = "Daemon"
+    )]
+    pub status_configmap: Option<String>,
     /// Lease the controllers elect a leader on (daemon.leader_lease).
     #[arg(
         long,
@@ -361,6 +370,7 @@ impl Overrides {
         set(&mut d.role, self.role);
         set(&mut d.namespace, self.namespace);
         set(&mut d.ledger_configmap, self.ledger_configmap);
+        set(&mut d.status_configmap, self.status_configmap);
         set(&mut d.leader_lease, self.leader_lease);
         set(&mut d.scale_lock_prefix, self.scale_lock_prefix);
         set(&mut d.lease_duration, self.lease_duration);

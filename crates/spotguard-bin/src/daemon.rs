@@ -23,8 +23,8 @@ use spotguard_core::ports::Clock;
 use spotguard_k8s::cache::node_name_for_instance;
 use spotguard_k8s::lease::default_identity;
 use spotguard_k8s::{
-    CacheScope, ConfigMapLedgerStore, KubeCluster, KubeClusterOptions, LeaderElector,
-    LeaseLockConfig, LeaseScaleLock, NodeEvents,
+    CacheScope, ConfigMapLedgerStore, ConfigMapStatusStore, KubeCluster, KubeClusterOptions,
+    LeaderElector, LeaseLockConfig, LeaseScaleLock, NodeEvents,
 };
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -37,6 +37,7 @@ use crate::observer::{publish_node_events, DaemonObserver, NoticeNodes};
 use crate::roles::{run_agent, run_controller, Handover, NodeMarker, NoticeIntake};
 use crate::settings::{DaemonConfig, LogFormat, SettingsError};
 use crate::shutdown::{self, Shutdown};
+use crate::status_book::{StatusBook, StatusPublisher};
 
 /// The engine as the daemon wires it.
 pub type DaemonEngine = Engine<
@@ -123,7 +124,7 @@ impl StartError {
 }
 
 /// One line: errors of the SDKs may carry newlines.
-fn one_line(s: impl std::fmt::Display) -> String {
+pub(crate) fn one_line(s: impl std::fmt::Display) -> String {
     s.to_string()
         .split('\n')
         .map(str::trim)
@@ -195,23 +196,39 @@ fn init_logging(format: LogFormat, filter: &str) -> Result<(), SettingsError> {
     Ok(())
 }
 
-async fn kube_config(config: &DaemonConfig) -> Result<kube::Config, StartError> {
-    match &config.daemon.kubeconfig {
-        Some(path) => {
-            let hint = format!(" from {}", path.display());
-            let file =
-                kube::config::Kubeconfig::read_from(path).map_err(|e| StartError::KubeConfig {
-                    source_hint: hint.clone(),
-                    message: one_line(e),
-                })?;
-            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
-                .await
-                .map_err(|e| StartError::KubeConfig {
-                    source_hint: hint,
-                    message: one_line(e),
-                })
+/// The Kubernetes client configuration: from `kubeconfig` when given, otherwise inferred
+/// (in-cluster, then `$KUBECONFIG`, then `~/.kube/config`); `context` picks a kubeconfig
+/// context other than the current one. Errors name the file and the context.
+pub(crate) async fn kube_config(
+    kubeconfig: Option<&std::path::Path>,
+    context: Option<&str>,
+) -> Result<kube::Config, StartError> {
+    let options = kube::config::KubeConfigOptions {
+        context: context.map(str::to_string),
+        ..Default::default()
+    };
+    let in_context = context.map_or(String::new(), |c| format!(", context {c}"));
+    let failed = |hint: String| {
+        move |e: kube::config::KubeconfigError| StartError::KubeConfig {
+            source_hint: hint,
+            message: one_line(e),
         }
-        None => kube::Config::infer()
+    };
+    match (kubeconfig, context) {
+        (Some(path), _) => {
+            let hint = format!(" from {}{in_context}", path.display());
+            let file = kube::config::Kubeconfig::read_from(path).map_err(failed(hint.clone()))?;
+            kube::Config::from_custom_kubeconfig(file, &options)
+                .await
+                .map_err(failed(hint))
+        }
+        (None, Some(_)) => {
+            let file = std::env::var("KUBECONFIG").unwrap_or_else(|_| "~/.kube/config".into());
+            kube::Config::from_kubeconfig(&options)
+                .await
+                .map_err(failed(format!(" from {file}{in_context}")))
+        }
+        (None, None) => kube::Config::infer()
             .await
             .map_err(|e| StartError::KubeConfig {
                 source_hint: String::new(),
@@ -298,7 +315,7 @@ async fn serve(config: DaemonConfig, warnings: Vec<ConfigWarning>) -> Result<(),
     };
 
     // Kubernetes: configuration and one read.
-    let kube_config = kube_config(&config).await?;
+    let kube_config = kube_config(d.kubeconfig.as_deref(), None).await?;
     let url = kube_config.cluster_url.to_string();
     let client =
         kube::Client::try_from(kube_config.clone()).map_err(|e| StartError::ApiServer {
@@ -422,6 +439,7 @@ async fn serve(config: DaemonConfig, warnings: Vec<ConfigWarning>) -> Result<(),
         roles.spawn(run_controller(
             started.engine.clone(),
             intake,
+            started.status.clone(),
             elector,
             metrics.clone(),
             shutdown.clone(),
@@ -464,6 +482,7 @@ struct Controller {
     lock: Arc<LeaseScaleLock>,
     node_changes: tokio::sync::watch::Receiver<u64>,
     notice_nodes: NoticeNodes,
+    status: Option<StatusPublisher>,
 }
 
 /// Reads the agent's own Node once: it exists, and the agent may read it.
@@ -601,6 +620,14 @@ async fn start_controller(
     }
     let notice_nodes = NoticeNodes::default();
     observer = observer.with_notice_nodes(notice_nodes.clone());
+    // Dry-run stores no record (it writes nothing), so status has nothing to show.
+    let status = (!d.dry_run).then(|| StatusPublisher {
+        book: StatusBook::default(),
+        store: ConfigMapStatusStore::new(client.clone(), &d.namespace, &d.status_configmap),
+    });
+    if let Some(s) = &status {
+        observer = observer.with_status(s.book.clone());
+    }
     let lock = Arc::new(LeaseScaleLock::new(
         client.clone(),
         LeaseLockConfig {
@@ -634,5 +661,6 @@ async fn start_controller(
         lock,
         node_changes,
         notice_nodes,
+        status,
     })
 }

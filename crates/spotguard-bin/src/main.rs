@@ -31,6 +31,10 @@ mod observer;
 mod roles;
 #[cfg(feature = "daemon")]
 mod shutdown;
+#[cfg(feature = "daemon")]
+mod status;
+#[cfg(feature = "daemon")]
+mod status_book;
 
 use settings::{DaemonConfig, SettingsError};
 
@@ -49,6 +53,10 @@ Examples:
 
   # See the whole flow on this machine, with no AWS account and no cluster:
   spotguard simulate
+
+  # What Spot Guard owes back and why it waits, with your kubeconfig (installed as
+  # kubectl-spotguard on the PATH, the same is `kubectl spotguard`):
+  spotguard status --namespace spotguard
 
 Settings: flags win over SPOTGUARD_* environment variables, which win over the file, which
 wins over the defaults. `spotguard run --help` lists them all.
@@ -74,17 +82,54 @@ enum Command {
     Run(cli::RunArgs),
     /// Validate a configuration file and print the effective configuration as TOML.
     CheckConfig(cli::CheckConfigArgs),
+    /// Every open ledger entry (pool, instance, node, age, state, the monitor's latest
+    /// verdict), the leader and the recent actions, read with your kubeconfig.
+    #[cfg(feature = "daemon")]
+    Status(status::StatusArgs),
     /// Run the engine end to end over a scenario, on this machine, with no AWS account and no
     /// cluster; compare with "all on-demand" and "no Spot Guard".
     Simulate(simulate::SimulateArgs),
 }
 
+/// The name `kubectl` gives a plugin's executable; installed under it, `spotguard` is
+/// `kubectl spotguard`, and `kubectl spotguard` alone is `kubectl spotguard status`.
+const KUBECTL_PLUGIN: &str = "kubectl-spotguard";
+
+/// The command line, read as `kubectl spotguard` when installed as its plugin.
+fn parse() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let plugin = args
+        .first()
+        .and_then(|a| Path::new(a).file_stem())
+        .is_some_and(|stem| stem == KUBECTL_PLUGIN);
+    let mut command = Cli::command();
+    if plugin {
+        command = command
+            .name("kubectl spotguard")
+            .bin_name("kubectl spotguard");
+        // `kubectl spotguard` and `kubectl spotguard -n ops --json` are `... status ...`.
+        let first = args.get(1).and_then(|a| a.to_str());
+        let subcommand = first.is_some_and(|a| {
+            ["-h", "--help", "-V", "--version", "help"].contains(&a)
+                || command.get_subcommands().any(|c| c.get_name() == a)
+        });
+        if cfg!(feature = "daemon") && !subcommand {
+            args.insert(1, "status".into());
+        }
+    }
+    let matches = command.get_matches_from(args);
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse();
     match cli.command {
         #[cfg(feature = "daemon")]
         Command::Run(args) => daemon::run(args),
         Command::CheckConfig(args) => check_config(args),
+        #[cfg(feature = "daemon")]
+        Command::Status(args) => status::run(args),
         Command::Simulate(args) => simulate::run(args),
     }
 }

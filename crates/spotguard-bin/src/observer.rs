@@ -15,6 +15,7 @@ use spotguard_k8s::NodeEvents;
 use tokio::sync::mpsc;
 
 use crate::metrics::{GroupLabel, KindLabel, Metrics, ScaleUpLabels};
+use crate::status_book::StatusBook;
 
 /// A Kubernetes Event to publish on a node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +40,7 @@ pub struct DaemonObserver {
     events: Option<mpsc::Sender<NodeEvent>>,
     on_demand_groups: HashSet<String>,
     notice_nodes: NoticeNodes,
+    status: Option<StatusBook>,
 }
 
 impl DaemonObserver {
@@ -50,7 +52,14 @@ impl DaemonObserver {
             events: None,
             on_demand_groups,
             notice_nodes: NoticeNodes::default(),
+            status: None,
         }
+    }
+
+    /// Keeps `book` (the monitor's latest verdicts, the recent actions) up to date.
+    pub fn with_status(mut self, book: StatusBook) -> Self {
+        self.status = Some(book);
+        self
     }
 
     /// Publishes node events through `events` (see [`publish_node_events`]).
@@ -155,8 +164,11 @@ impl DaemonObserver {
 }
 
 impl Observer for DaemonObserver {
-    fn observe(&self, _at: SystemTime, event: &Event) {
+    fn observe(&self, at: SystemTime, event: &Event) {
         self.count(event);
+        if let Some(book) = &self.status {
+            book.observe(at, event);
+        }
         let kind = event.name();
         let s = event.subjects();
         let (instance, node, group, entry) = (

@@ -42,6 +42,7 @@ use crate::daemon::DaemonEngine;
 use crate::metrics::{KindLabel, Metrics};
 use crate::observer::NoticeNodes;
 use crate::shutdown::Shutdown;
+use crate::status_book::{StatusBook, StatusPublisher};
 
 /// How an agent hands its notices to the controller.
 pub enum Handover {
@@ -418,6 +419,7 @@ struct Monitor {
 pub async fn run_controller(
     engine: Arc<DaemonEngine>,
     intake: Arc<NoticeIntake>,
+    status: Option<StatusPublisher>,
     elector: Option<LeaderElector>,
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
@@ -442,9 +444,22 @@ pub async fn run_controller(
                 );
                 let stop = Shutdown::new();
                 let notices = notice_loop(engine.clone(), intake.clone(), stop.clone());
-                let monitoring = monitor_loop(engine.clone(), metrics.clone(), stop.clone());
+                let monitoring = monitor_loop(
+                    engine.clone(),
+                    metrics.clone(),
+                    status.as_ref().map(|s| s.book.clone()),
+                    stop.clone(),
+                );
+                let publishing = {
+                    let (status, stop) = (status.clone(), stop.clone());
+                    async move {
+                        if let Some(status) = status {
+                            status.run(stop).await;
+                        }
+                    }
+                };
                 let task = tokio::spawn(async move {
-                    tokio::join!(notices, monitoring);
+                    tokio::join!(notices, monitoring, publishing);
                 });
                 monitor = Some(Monitor { stop, task });
             }
@@ -454,6 +469,7 @@ pub async fn run_controller(
                     m.task.abort();
                 }
                 metrics.ledger_entries.clear();
+                metrics.oldest_open_entry.clear();
             }
             _ => {}
         }
@@ -529,7 +545,12 @@ async fn finish_monitor(
 }
 
 /// The leader's monitor: recover once, then tick and clean up until stopped between ticks.
-async fn monitor_loop(engine: Arc<DaemonEngine>, metrics: Arc<Metrics>, stop: Shutdown) {
+async fn monitor_loop(
+    engine: Arc<DaemonEngine>,
+    metrics: Arc<Metrics>,
+    status: Option<StatusBook>,
+    stop: Shutdown,
+) {
     match engine.recover().await {
         Ok(open) => tracing::info!(open, "ledger recovered: {open} open entries"),
         Err(e) => {
@@ -550,7 +571,7 @@ async fn monitor_loop(engine: Arc<DaemonEngine>, metrics: Arc<Metrics>, stop: Sh
         tokio::select! {
             biased;
             _ = stop.triggered() => break,
-            _ = ticks.tick() => tick(&engine, &metrics).await,
+            _ = ticks.tick() => tick(&engine, &metrics, status.as_ref()).await,
             _ = cleanups.tick() => {
                 if let Err(e) = engine.cleanup().await {
                     tracing::warn!(error = %e, "ledger cleanup failed");
@@ -560,7 +581,7 @@ async fn monitor_loop(engine: Arc<DaemonEngine>, metrics: Arc<Metrics>, stop: Sh
     }
 }
 
-async fn tick(engine: &DaemonEngine, metrics: &Metrics) {
+async fn tick(engine: &DaemonEngine, metrics: &Metrics, status: Option<&StatusBook>) {
     match engine.monitor_tick().await {
         Ok(report) => {
             if !report.released.is_empty()
@@ -579,7 +600,12 @@ async fn tick(engine: &DaemonEngine, metrics: &Metrics) {
         Err(e) => tracing::warn!(error = %e, "monitor tick failed"),
     }
     match engine.ledger().await {
-        Ok(ledger) => metrics.set_ledger(&ledger, SystemTime::now()),
+        Ok(ledger) => {
+            metrics.set_ledger(&ledger, SystemTime::now());
+            if let Some(status) = status {
+                status.retain_open(&ledger);
+            }
+        }
         Err(e) => tracing::debug!(error = %e, "could not read the ledger for metrics"),
     }
 }

@@ -73,6 +73,9 @@ pub struct DaemonSettings {
     pub namespace: String,
     /// Name of the ConfigMap that holds the fallback ledger (default `spotguard-ledger`).
     pub ledger_configmap: String,
+    /// Name of the ConfigMap where the leading controller records the monitor's latest
+    /// verdicts and the recent actions for `spotguard status` (default `spotguard-status`).
+    pub status_configmap: String,
     /// Name of the Lease the controllers elect a leader on (default `spotguard-controller`).
     pub leader_lease: String,
     /// Prefix of the per-group scale lock Leases (default `spotguard-scale-`).
@@ -124,6 +127,7 @@ impl Default for DaemonSettings {
             role: Role::All,
             namespace: "spotguard".into(),
             ledger_configmap: "spotguard-ledger".into(),
+            status_configmap: "spotguard-status".into(),
             leader_lease: "spotguard-controller".into(),
             scale_lock_prefix: "spotguard-scale-".into(),
             lease_duration: Duration::from_secs(15),
@@ -244,6 +248,7 @@ impl DaemonConfig {
         for (field, value) in [
             ("daemon.namespace", &d.namespace),
             ("daemon.ledger_configmap", &d.ledger_configmap),
+            ("daemon.status_configmap", &d.status_configmap),
             ("daemon.leader_lease", &d.leader_lease),
         ] {
             if !is_dns_name(value) {

@@ -154,21 +154,21 @@ fn expected_rbac(namespace: &str) -> BTreeSet<Grant> {
         // Watch cache of PDBs.
         grant("policy", "poddisruptionbudgets", "list", None, &[]),
         grant("policy", "poddisruptionbudgets", "watch", None, &[]),
-        // The ledger ConfigMap: created once, then read and patched.
+        // The ledger and status ConfigMaps: created once, then read and patched.
         grant("", "configmaps", "create", Some(namespace), &[]),
         grant(
             "",
             "configmaps",
             "get",
             Some(namespace),
-            &["spotguard-ledger"],
+            &["spotguard-ledger", "spotguard-status"],
         ),
         grant(
             "",
             "configmaps",
             "patch",
             Some(namespace),
-            &["spotguard-ledger"],
+            &["spotguard-ledger", "spotguard-status"],
         ),
         // Leader election and scale locks.
         grant("coordination.k8s.io", "leases", "get", Some(namespace), &[]),
@@ -651,6 +651,7 @@ const SETTINGS: &[(&str, &str)] = &[
     ("aws.endpoint", "daemon.aws_endpoint"),
     ("aws.maxAttempts", "daemon.aws_max_attempts"),
     ("ledgerConfigMap", "daemon.ledger_configmap"),
+    ("statusConfigMap", "daemon.status_configmap"),
     ("leaderLease", "daemon.leader_lease"),
     ("scaleLockPrefix", "daemon.scale_lock_prefix"),
     ("leaseDuration", "daemon.lease_duration"),

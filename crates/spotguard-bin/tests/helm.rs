@@ -330,6 +330,24 @@ async fn the_charts_rbac_and_node_policy_allow_spot_guards_calls_and_refuse_the_
         )
         .await
         .expect("patch the ledger");
+    // The status record: created by the first save, patched by the next, read back.
+    let status = spotguard_k8s::ConfigMapStatusStore::new(
+        controller.clone(),
+        &namespace,
+        "spotguard-status",
+    );
+    let mut record = spotguard_core::status::StatusRecord::default();
+    for node in ["a", "b"] {
+        record.observe(
+            std::time::SystemTime::now(),
+            &spotguard_core::events::Event::Cordoned { node: node.into() },
+        );
+        status.save(&record).await.expect("save the status record");
+    }
+    assert_eq!(
+        status.load().await.expect("read the status record"),
+        Some(record)
+    );
     Api::<Lease>::namespaced(controller.clone(), &namespace)
         .create(&PostParams::default(), &lease(&namespace))
         .await

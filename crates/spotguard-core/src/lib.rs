@@ -18,6 +18,8 @@
 //!   [`ports::LedgerStore`] with the intent written before the call.
 //! - [`engine`]: [`engine::Engine::handle_rebalance`] (phase 1) and
 //!   [`engine::Engine::monitor_tick`] (phase 2), generic over the ports.
+//! - [`events`]: what the engine did and why; [`status`]: the monitor's latest verdict on
+//!   each entry and the recent actions, kept from those events for `spotguard status`.
 //!
 //! ```
 //! use std::collections::BTreeMap;
@@ -56,4 +58,5 @@ pub mod ports;
 pub mod predicates;
 #[cfg(feature = "sim")]
 pub mod sim;
+pub mod status;
 pub mod view;

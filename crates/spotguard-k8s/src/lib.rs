@@ -16,6 +16,8 @@
 //! - [`LeaderElector`] — leader election on a Lease so one monitor acts at a time
 //!   (invariant 2).
 //! - [`NodeEvents`] — Kubernetes Events on nodes for what Spot Guard did.
+//! - [`ConfigMapStatusStore`] — the monitor's latest verdicts and the recent actions, beside
+//!   the ledger, for `spotguard status`.
 //! - [`notice`] — the hand-over of a notice from an agent (which may write only its own
 //!   Node) to the controller, recorded on that Node.
 //!
@@ -43,6 +45,7 @@ pub mod ledger_store;
 pub mod notice;
 pub mod quantity;
 pub mod snapshot;
+pub mod status_store;
 pub mod taint;
 
 pub use cache::{CacheScope, SnapshotCache};
@@ -51,3 +54,4 @@ pub use error::Error;
 pub use events::NodeEvents;
 pub use lease::{LeaderElector, LeaseLock, LeaseLockConfig, LeaseScaleLock};
 pub use ledger_store::ConfigMapLedgerStore;
+pub use status_store::ConfigMapStatusStore;
