@@ -11,6 +11,7 @@ use spotguard_core::config::{CapacityRebalancePolicy, GroupPair};
 use spotguard_core::model::TaintEffect;
 
 use crate::settings::{DaemonConfig, LogFormat, Role};
+use crate::webhook::WebhookFormat;
 
 /// Arguments of `spotguard run`.
 #[derive(Debug, Args)]
@@ -47,6 +48,15 @@ fn group_pair(s: &str) -> Result<GroupPair, String> {
             })
         }
         _ => Err("expected SPOT_GROUP=ON_DEMAND_GROUP".into()),
+    }
+}
+
+fn header_pair(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, value)) if !name.trim().is_empty() => {
+            Ok((name.trim().to_string(), value.trim().to_string()))
+        }
+        _ => Err("expected NAME=VALUE".into()),
     }
 }
 
@@ -314,6 +324,86 @@ pub struct Overrides {
     /// Bound on reaching AWS and the API server at start (daemon.startup_timeout).
     #[arg(long, env = "SPOTGUARD_STARTUP_TIMEOUT", value_parser = duration, value_name = "DURATION", help_heading = "Daemon")]
     pub startup_timeout: Option<Duration>,
+
+    // ----- webhook --------------------------------------------------------------------------
+    /// Where to POST notifications (webhook.url; a secret in most services).
+    #[arg(
+        long,
+        env = "SPOTGUARD_WEBHOOK_URL",
+        value_name = "URL",
+        help_heading = "Webhook"
+    )]
+    pub webhook_url: Option<String>,
+    /// Body shape: slack, teams or json (webhook.format).
+    #[arg(
+        long,
+        env = "SPOTGUARD_WEBHOOK_FORMAT",
+        value_enum,
+        help_heading = "Webhook"
+    )]
+    pub webhook_format: Option<WebhookFormat>,
+    /// A body template of your own, Jinja2 syntax (webhook.template).
+    #[arg(
+        long,
+        env = "SPOTGUARD_WEBHOOK_TEMPLATE",
+        value_name = "TEMPLATE",
+        help_heading = "Webhook"
+    )]
+    pub webhook_template: Option<String>,
+    /// A header for each request; repeat for several, or one per line in the variable
+    /// (replaces the file's webhook.headers).
+    #[arg(long = "webhook-header", env = "SPOTGUARD_WEBHOOK_HEADERS", value_delimiter = '\n', value_parser = header_pair, value_name = "NAME=VALUE", help_heading = "Webhook")]
+    pub webhook_headers: Vec<(String, String)>,
+    /// Proxy for the requests (webhook.proxy).
+    #[arg(
+        long,
+        env = "SPOTGUARD_WEBHOOK_PROXY",
+        value_name = "URL",
+        help_heading = "Webhook"
+    )]
+    pub webhook_proxy: Option<String>,
+    /// Events to send, by name; repeat or separate with commas (webhook.events).
+    #[arg(
+        long = "webhook-event",
+        env = "SPOTGUARD_WEBHOOK_EVENTS",
+        value_delimiter = ',',
+        value_name = "NAME",
+        help_heading = "Webhook"
+    )]
+    pub webhook_events: Vec<String>,
+    /// Cluster name shown in each message (webhook.cluster).
+    #[arg(
+        long,
+        env = "SPOTGUARD_WEBHOOK_CLUSTER",
+        value_name = "NAME",
+        help_heading = "Webhook"
+    )]
+    pub webhook_cluster: Option<String>,
+    /// How long one request may take (webhook.timeout).
+    #[arg(long, env = "SPOTGUARD_WEBHOOK_TIMEOUT", value_parser = duration, value_name = "DURATION", help_heading = "Webhook")]
+    pub webhook_timeout: Option<Duration>,
+    /// Attempts per notification (webhook.attempts).
+    #[arg(
+        long,
+        env = "SPOTGUARD_WEBHOOK_ATTEMPTS",
+        value_name = "N",
+        help_heading = "Webhook"
+    )]
+    pub webhook_attempts: Option<u32>,
+    /// Pause before the first retry (webhook.backoff).
+    #[arg(long, env = "SPOTGUARD_WEBHOOK_BACKOFF", value_parser = duration, value_name = "DURATION", help_heading = "Webhook")]
+    pub webhook_backoff: Option<Duration>,
+    /// Longest pause between attempts (webhook.max_backoff).
+    #[arg(long, env = "SPOTGUARD_WEBHOOK_MAX_BACKOFF", value_parser = duration, value_name = "DURATION", help_heading = "Webhook")]
+    pub webhook_max_backoff: Option<Duration>,
+    /// Notifications waiting at most before more are dropped (webhook.queue).
+    #[arg(
+        long,
+        env = "SPOTGUARD_WEBHOOK_QUEUE",
+        value_name = "N",
+        help_heading = "Webhook"
+    )]
+    pub webhook_queue: Option<usize>,
 }
 
 /// Assigns `value` to `target` when the flag or variable was given.
@@ -398,6 +488,30 @@ impl Overrides {
         if self.kubeconfig.is_some() {
             d.kubeconfig = self.kubeconfig;
         }
+
+        let w = &mut config.webhook;
+        for (target, value) in [
+            (&mut w.url, self.webhook_url),
+            (&mut w.template, self.webhook_template),
+            (&mut w.proxy, self.webhook_proxy),
+            (&mut w.cluster, self.webhook_cluster),
+        ] {
+            if value.is_some() {
+                *target = value;
+            }
+        }
+        set(&mut w.format, self.webhook_format);
+        if !self.webhook_headers.is_empty() {
+            w.headers = self.webhook_headers.into_iter().collect();
+        }
+        if !self.webhook_events.is_empty() {
+            w.events = self.webhook_events;
+        }
+        set(&mut w.timeout, self.webhook_timeout);
+        set(&mut w.attempts, self.webhook_attempts);
+        set(&mut w.backoff, self.webhook_backoff);
+        set(&mut w.max_backoff, self.webhook_max_backoff);
+        set(&mut w.queue, self.webhook_queue);
     }
 }
 
@@ -460,6 +574,54 @@ mod tests {
             .map(|g| g.spot.as_str())
             .collect();
         assert_eq!(spots, ["x", "z"]);
+    }
+
+    #[test]
+    fn webhook_flags_override_the_file() {
+        let mut config = DaemonConfig::from_toml(
+            "groups = [{ spot = \"a\", on_demand = \"b\" }]\n[webhook]\nurl = \"https://old.example/x\"\nheaders = { A = \"0\" }\n",
+            "c.toml",
+        )
+        .unwrap();
+        check(&[
+            "--webhook-url",
+            "https://hooks.example/y",
+            "--webhook-header",
+            "Authorization=Bearer x=y",
+            "--webhook-header",
+            "X-Team=platform",
+            "--webhook-event",
+            "PaidBack,ScaledUp",
+            "--webhook-format",
+            "teams",
+            "--webhook-backoff",
+            "3s",
+        ])
+        .overrides
+        .apply(&mut config);
+        let w = &config.webhook;
+        assert_eq!(w.url.as_deref(), Some("https://hooks.example/y"));
+        assert_eq!(
+            w.headers.iter().collect::<Vec<_>>(),
+            [
+                (&"Authorization".to_string(), &"Bearer x=y".to_string()),
+                (&"X-Team".to_string(), &"platform".to_string())
+            ]
+        );
+        assert_eq!(w.events, ["PaidBack", "ScaledUp"]);
+        assert_eq!(w.format, WebhookFormat::Teams);
+        assert_eq!(w.backoff, Duration::from_secs(3));
+        assert!(config.validate().is_ok());
+        let e = Cli::try_parse_from([
+            "spotguard",
+            "check-config",
+            "c.toml",
+            "--webhook-header",
+            "novalue",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("NAME=VALUE"), "{e}");
     }
 
     #[test]

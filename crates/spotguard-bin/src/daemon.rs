@@ -33,6 +33,7 @@ use crate::cli::RunArgs;
 use crate::dry_run::DryRun;
 use crate::endpoints::{Endpoints, Readiness};
 use crate::metrics::{Metered, Metrics};
+use crate::notify::Notifier;
 use crate::observer::{publish_node_events, DaemonObserver, NoticeNodes};
 use crate::roles::{run_agent, run_controller, Handover, NodeMarker, NoticeIntake};
 use crate::settings::{DaemonConfig, LogFormat, SettingsError};
@@ -112,6 +113,16 @@ pub enum StartError {
     /// An agent without `daemon.node_name` found no node for its instance.
     #[error("{0}")]
     OwnNode(String),
+    /// The webhook client could not be built.
+    #[error("{0}")]
+    Webhook(String),
+}
+
+/// The host of a URL, for logs that must not print a webhook's secret path.
+fn host_of(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    host.rsplit('@').next().unwrap_or_default()
 }
 
 impl StartError {
@@ -627,6 +638,13 @@ async fn start_controller(
     });
     if let Some(s) = &status {
         observer = observer.with_status(s.book.clone());
+    }
+    // Notifications tell what was done: none in dry-run, where nothing is.
+    if let (Some(url), false) = (&config.webhook.url, d.dry_run) {
+        let notifier = Notifier::start(config.webhook.clone(), metrics.clone())
+            .map_err(StartError::Webhook)?;
+        tracing::info!(host = %host_of(url), "webhook notifications on");
+        observer = observer.with_notifier(notifier);
     }
     let lock = Arc::new(LeaseScaleLock::new(
         client.clone(),

@@ -16,6 +16,7 @@ use spotguard_core::config::ConfigWarning;
 mod cli;
 mod settings;
 mod simulate;
+mod webhook;
 
 #[cfg(feature = "daemon")]
 mod daemon;
@@ -25,6 +26,8 @@ mod dry_run;
 mod endpoints;
 #[cfg(feature = "daemon")]
 mod metrics;
+#[cfg(feature = "daemon")]
+mod notify;
 #[cfg(feature = "daemon")]
 mod observer;
 #[cfg(feature = "daemon")]

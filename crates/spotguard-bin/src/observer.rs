@@ -15,6 +15,7 @@ use spotguard_k8s::NodeEvents;
 use tokio::sync::mpsc;
 
 use crate::metrics::{GroupLabel, KindLabel, Metrics, ScaleUpLabels};
+use crate::notify::Notifier;
 use crate::status_book::StatusBook;
 
 /// A Kubernetes Event to publish on a node.
@@ -41,6 +42,7 @@ pub struct DaemonObserver {
     on_demand_groups: HashSet<String>,
     notice_nodes: NoticeNodes,
     status: Option<StatusBook>,
+    notifier: Option<Notifier>,
 }
 
 impl DaemonObserver {
@@ -53,7 +55,14 @@ impl DaemonObserver {
             on_demand_groups,
             notice_nodes: NoticeNodes::default(),
             status: None,
+            notifier: None,
         }
+    }
+
+    /// Sends webhook notifications through `notifier`.
+    pub fn with_notifier(mut self, notifier: Notifier) -> Self {
+        self.notifier = Some(notifier);
+        self
     }
 
     /// Keeps `book` (the monitor's latest verdicts, the recent actions) up to date.
@@ -168,6 +177,9 @@ impl Observer for DaemonObserver {
         self.count(event);
         if let Some(book) = &self.status {
             book.observe(at, event);
+        }
+        if let Some(notifier) = &self.notifier {
+            notifier.notify(at, event);
         }
         let kind = event.name();
         let s = event.subjects();

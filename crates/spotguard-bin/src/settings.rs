@@ -16,6 +16,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use spotguard_core::config::{Config, ConfigError, ConfigWarning};
 
+use crate::webhook::WebhookSettings;
+
 /// Which loops this process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -156,6 +158,8 @@ pub struct DaemonConfig {
     pub engine: Config,
     /// How the daemon is wired.
     pub daemon: DaemonSettings,
+    /// Webhook notifications (the `[webhook]` table).
+    pub webhook: WebhookSettings,
 }
 
 /// Why a configuration cannot be used. Displays as one line.
@@ -211,25 +215,15 @@ impl DaemonConfig {
             message,
         };
         let mut table: toml::Table = toml::from_str(text).map_err(|e| parse(one_line(&e, text)))?;
-        let daemon = match table.remove("daemon") {
-            None => DaemonSettings::default(),
-            Some(value) => {
-                // Re-read the table from its own text so errors point at the right line.
-                let section = toml::to_string(&toml::Table::from_iter([("daemon".into(), value)]))
-                    .map_err(|e| parse(e.to_string()))?;
-                #[derive(Deserialize)]
-                #[serde(deny_unknown_fields)]
-                struct Only {
-                    daemon: DaemonSettings,
-                }
-                toml::from_str::<Only>(&section)
-                    .map_err(|e| parse(in_table(&e, &section, text)))?
-                    .daemon
-            }
-        };
+        let daemon = section(&mut table, "daemon", text).map_err(parse)?;
+        let webhook = section(&mut table, "webhook", text).map_err(parse)?;
         let rest = toml::to_string(&table).map_err(|e| parse(e.to_string()))?;
         let engine: Config = toml::from_str(&rest).map_err(|e| parse(in_table(&e, &rest, text)))?;
-        Ok(Self { engine, daemon })
+        Ok(Self {
+            engine,
+            daemon,
+            webhook,
+        })
     }
 
     /// Reads and parses a configuration file.
@@ -305,6 +299,7 @@ impl DaemonConfig {
                 }
             }
         }
+        self.webhook.validate()?;
         if d.log_level.trim().is_empty() {
             return Err(invalid("daemon.log_level", "\"\"", "must not be empty"));
         }
@@ -333,8 +328,28 @@ impl DaemonConfig {
         if let Ok(daemon) = toml::Value::try_from(&self.daemon) {
             table.insert("daemon".into(), daemon);
         }
+        if let Ok(webhook) = toml::Value::try_from(self.webhook.redacted()) {
+            table.insert("webhook".into(), webhook);
+        }
         toml::to_string(&table).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
     }
+}
+
+/// Takes table `name` out of `table` and reads it as `T` (its defaults when absent). The
+/// table is read from its own text so errors point at the right line of the file (`text`).
+fn section<T: serde::de::DeserializeOwned + Default>(
+    table: &mut toml::Table,
+    name: &str,
+    text: &str,
+) -> Result<T, String> {
+    let Some(value) = table.remove(name) else {
+        return Ok(T::default());
+    };
+    let own = toml::to_string(&toml::Table::from_iter([(name.to_string(), value)]))
+        .map_err(|e| e.to_string())?;
+    let mut parsed: std::collections::BTreeMap<String, T> =
+        toml::from_str(&own).map_err(|e| in_table(&e, &own, text))?;
+    Ok(parsed.remove(name).unwrap_or_default())
 }
 
 /// A TOML error in text that was re-serialized from the file: the span points into

@@ -657,6 +657,18 @@ const SETTINGS: &[(&str, &str)] = &[
     ("leaseDuration", "daemon.lease_duration"),
     ("shutdownTimeout", "daemon.shutdown_timeout"),
     ("startupTimeout", "daemon.startup_timeout"),
+    ("webhook.url", "webhook.url"),
+    ("webhook.format", "webhook.format"),
+    ("webhook.template", "webhook.template"),
+    ("webhook.headers", "webhook.headers"),
+    ("webhook.proxy", "webhook.proxy"),
+    ("webhook.events", "webhook.events"),
+    ("webhook.cluster", "webhook.cluster"),
+    ("webhook.timeout", "webhook.timeout"),
+    ("webhook.attempts", "webhook.attempts"),
+    ("webhook.backoff", "webhook.backoff"),
+    ("webhook.maxBackoff", "webhook.max_backoff"),
+    ("webhook.queue", "webhook.queue"),
 ];
 
 /// Settings the chart sets for each pod from what the pod is, not from a value.
@@ -675,10 +687,11 @@ const SET_BY_THE_CHART: &[&str] = &[
     "daemon.imds_endpoint",
 ];
 
-/// A TOML document's leaves by dotted path (an array is one leaf).
+/// A TOML document's leaves by dotted path (an array, and the free-keyed `webhook.headers`,
+/// are one leaf).
 fn toml_leaves(prefix: &str, value: &toml::Value, out: &mut BTreeMap<String, toml::Value>) {
     match value {
-        toml::Value::Table(table) => {
+        toml::Value::Table(table) if prefix != "webhook.headers" => {
             for (key, value) in table {
                 let path = if prefix.is_empty() {
                     key.clone()
@@ -715,6 +728,19 @@ fn same(value: &Value, setting: &toml::Value) -> bool {
         return a == b;
     }
     match (value, setting) {
+        // Headers: the same names (check-config prints no header value).
+        (Value::Object(headers), toml::Value::Table(printed)) => {
+            headers.keys().eq(printed.keys())
+                && printed.values().all(|v| v.as_str() == Some("(redacted)"))
+        }
+        (Value::Array(items), toml::Value::Array(printed))
+            if items.iter().all(Value::is_string) =>
+        {
+            items
+                .iter()
+                .map(Value::as_str)
+                .eq(printed.iter().map(toml::Value::as_str))
+        }
         (Value::Array(pairs), toml::Value::Array(groups)) => {
             pairs.len() == groups.len()
                 && pairs.iter().zip(groups).all(|(p, g)| {
@@ -817,6 +843,18 @@ async fn every_setting_of_the_configuration_file_is_a_value_that_reaches_the_dae
             assert!(!settings.contains_key("daemon.imds_endpoint"));
         }
     }
+    // The webhook URL comes from the Secret when one is named (it wins over the file's).
+    let deployment = &one(&manifests, "Deployment").object;
+    let url = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "SPOTGUARD_WEBHOOK_URL")
+        .expect("the webhook URL from its Secret");
+    assert_eq!(
+        url["valueFrom"]["secretKeyRef"],
+        json!({"name": "spotguard-webhook", "key": "slack-url"})
+    );
     // The notices file lives in the state volume, on the node's path when one is given.
     let ds: DaemonSet = typed(one(&manifests, "DaemonSet"));
     let pod = ds.spec.template.spec.unwrap();

@@ -63,9 +63,15 @@ fn with_values(mut command: Command, values: Option<&str>) -> Command {
 /// annotations or a node selector (keys like `eks.amazonaws.com/capacityType`) is one leaf.
 fn leaves(prefix: &str, value: &Value, out: &mut BTreeMap<String, Value>) {
     let free_keys = |map: &serde_norway::Mapping| {
-        ["labels", "annotations", "nodeSelector", "affinity"]
-            .iter()
-            .any(|k| prefix.ends_with(k))
+        [
+            "labels",
+            "annotations",
+            "nodeSelector",
+            "affinity",
+            "headers",
+        ]
+        .iter()
+        .any(|k| prefix.ends_with(k))
             || map
                 .keys()
                 .any(|k| k.as_str().is_some_and(|k| k.contains('/')))

@@ -4,7 +4,8 @@
 //! entry with its pool, instance, node, age, state and the monitor's latest verdict, and the
 //! recent actions, read with an operator's kubeconfig. Once spot is back and the fallback
 //! given back, it shows no open entry and the payback. Bad kubeconfigs, contexts and
-//! namespaces are refused with one line naming them.
+//! namespaces are refused with one line naming them. The controller's webhook notifications
+//! of the same run reach a local receiver, in order.
 #![cfg(feature = "daemon")]
 
 mod harness;
@@ -63,7 +64,12 @@ async fn status_shows_the_open_fallback_its_verdict_and_the_actions_of_a_real_ru
     let at_risk_node = node_name(&at_risk);
     world.add_pods("web", &at_risk_node, 2).await;
     let imds = ImdsServer::start(&at_risk).await;
-    world.config("");
+    // The controller notifies a webhook of every action too.
+    let hook = harness::webhook::WebhookSink::start().await;
+    world.config(&format!(
+        "\n[webhook]\nurl = \"{}\"\ncluster = \"test\"\nbackoff = \"100ms\"",
+        hook.url
+    ));
     let mut agent = world.spawn("agent", "agent", Some(&imds), &[]).await;
     let mut controller = world.spawn("controller", "controller", None, &[]).await;
     agent.wait_ready(Duration::from_secs(60)).await;
@@ -227,6 +233,55 @@ async fn status_shows_the_open_fallback_its_verdict_and_the_actions_of_a_real_ru
         "the controller patched the status record: {saves:?}"
     );
     assert!(requests.iter().all(|(_, _, status)| *status != 403));
+    // The webhook heard the same story, in order, as Slack messages.
+    let texts: Vec<String> = spotguard_testkit_k8s::eventually(
+        Duration::from_secs(30),
+        "the payback notified",
+        || async {
+            let texts: Vec<String> = hook
+                .bodies()
+                .iter()
+                .filter_map(|b| b["text"].as_str().map(str::to_string))
+                .collect();
+            texts
+                .iter()
+                .any(|t| t.contains(&format!("{}: gave back {ON_DEMAND}", fallback.entry)))
+                .then_some(texts)
+        },
+    )
+    .await;
+    let position = |needle: &str| {
+        texts
+            .iter()
+            .position(|t| t.contains(needle))
+            .unwrap_or_else(|| panic!("no notification with {needle:?}: {texts:#?}"))
+    };
+    assert!(
+        position(&format!("rebalance notice for {at_risk}"))
+            < position(&format!(
+                "fallback to {ON_DEMAND} recorded as {}",
+                fallback.entry
+            ))
+    );
+    assert!(texts
+        .iter()
+        .any(|t| t.starts_with(":warning: *Spot Guard* (test): scale-up of web-spot failed")));
+    assert!(
+        texts.iter().all(|t| !t.contains(" Health ")),
+        "no verdicts are sent: {texts:#?}"
+    );
+    // Each counted as sent once its answer came back.
+    let want = format!(
+        "spotguard_notifications_total{{outcome=\"sent\"}} {}",
+        hook.bodies().len()
+    );
+    {
+        let controller = &controller;
+        spotguard_testkit_k8s::eventually(Duration::from_secs(10), &want, || async {
+            controller.metrics().await.contains(&want).then_some(())
+        })
+        .await;
+    }
     agent.terminate();
     controller.terminate();
     assert!(agent.wait_exit(Duration::from_secs(30)).await.success());

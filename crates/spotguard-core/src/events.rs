@@ -288,6 +288,33 @@ pub struct Subjects<'a> {
 }
 
 impl Event {
+    /// Every event's [`name`](Event::name), in declaration order.
+    pub const NAMES: [&'static str; 23] = [
+        "NoticeReceived",
+        "NoticeCoalesced",
+        "NoticeRejected",
+        "NoticeRetrying",
+        "NoticeAbandoned",
+        "ScalingSkipped",
+        "Tainted",
+        "Untainted",
+        "Cordoned",
+        "Uncordoned",
+        "ScaledUp",
+        "ScaleUpFailed",
+        "InstanceReady",
+        "FallbackRecorded",
+        "NoReplacement",
+        "Drained",
+        "DrainIncomplete",
+        "PaidBack",
+        "Verdict",
+        "ScaleDownStarted",
+        "EntrySettled",
+        "LedgerCleaned",
+        "Error",
+    ];
+
     /// The variant's name (`ScaledUp`, `PaidBack`, …): stable, for logs, metrics and
     /// notification filters.
     pub fn name(&self) -> &'static str {
@@ -449,5 +476,130 @@ impl Observer for Recorder {
 impl<T: Observer + ?Sized> Observer for std::sync::Arc<T> {
     fn observe(&self, at: SystemTime, event: &Event) {
         (**self).observe(at, event)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One event of each kind.
+    fn one_of_each() -> Vec<Event> {
+        let s = || "x".to_string();
+        let d = Duration::from_secs(1);
+        vec![
+            Event::NoticeReceived {
+                instance: s(),
+                kind: s(),
+            },
+            Event::NoticeCoalesced { instance: s() },
+            Event::NoticeRejected {
+                instance: s(),
+                reason: s(),
+            },
+            Event::NoticeRetrying {
+                instance: s(),
+                attempt: 1,
+                after: d,
+                reason: s(),
+            },
+            Event::NoticeAbandoned {
+                instance: s(),
+                attempts: 1,
+                reason: s(),
+            },
+            Event::ScalingSkipped {
+                instance: s(),
+                reason: s(),
+            },
+            Event::Tainted { node: s() },
+            Event::Untainted { node: s() },
+            Event::Cordoned { node: s() },
+            Event::Uncordoned { node: s() },
+            Event::ScaledUp {
+                group: s(),
+                from: 1,
+                to: 2,
+            },
+            Event::ScaleUpFailed {
+                group: s(),
+                reason: s(),
+            },
+            Event::InstanceReady {
+                group: s(),
+                instance: s(),
+                after: d,
+            },
+            Event::FallbackRecorded {
+                entry: s(),
+                group: s(),
+            },
+            Event::NoReplacement {
+                node: s(),
+                reason: s(),
+            },
+            Event::Drained {
+                node: s(),
+                evicted: 1,
+            },
+            Event::DrainIncomplete {
+                node: s(),
+                remaining: vec![],
+            },
+            Event::PaidBack {
+                entry: s(),
+                group: s(),
+                how: s(),
+                held: d,
+            },
+            Event::Verdict {
+                entry: s(),
+                check: Check::Health,
+                verdict: Verdict::Go,
+            },
+            Event::ScaleDownStarted {
+                entry: s(),
+                node: s(),
+            },
+            Event::EntrySettled {
+                entry: s(),
+                note: s(),
+            },
+            Event::LedgerCleaned { removed: 1 },
+            Event::Error {
+                during: s(),
+                message: s(),
+            },
+        ]
+    }
+
+    #[test]
+    fn names_are_the_variants_and_every_one_is_listed() {
+        let events = one_of_each();
+        let names: Vec<&str> = events.iter().map(Event::name).collect();
+        assert_eq!(names, Event::NAMES);
+        for e in &events {
+            // The serde tag is the name too, so a name in a filter matches the JSON.
+            let json = serde_json::to_value(e).unwrap();
+            assert!(json.get(e.name()).is_some(), "{json}");
+        }
+    }
+
+    #[test]
+    fn every_event_but_the_bookkeeping_is_an_action() {
+        let bookkeeping: Vec<&str> = one_of_each()
+            .iter()
+            .filter(|e| !e.is_action())
+            .map(Event::name)
+            .collect();
+        assert_eq!(
+            bookkeeping,
+            [
+                "NoticeCoalesced",
+                "NoticeRetrying",
+                "Verdict",
+                "LedgerCleaned"
+            ]
+        );
     }
 }

@@ -40,6 +40,7 @@ use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
 pub mod chart;
+pub mod webhook;
 
 /// The spot group of the tests.
 pub const SPOT: &str = "web-spot";
