@@ -243,6 +243,14 @@ impl<L: ScaleLock> ScaleLock for DryRun<L> {
         }
     }
 
+    fn release_abandoned(&self, group: &str) {
+        if self.enabled {
+            self.local.release_abandoned(group)
+        } else {
+            self.inner.release_abandoned(group)
+        }
+    }
+
     async fn confirm(&self, group: &str) -> Result<(), LockError> {
         if self.enabled {
             self.local.confirm(group).await

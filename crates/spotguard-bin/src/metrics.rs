@@ -664,6 +664,10 @@ impl<L: ScaleLock> ScaleLock for Metered<L> {
         self.count("release scale lease", r)
     }
 
+    fn release_abandoned(&self, group: &str) {
+        self.inner.release_abandoned(group)
+    }
+
     async fn confirm(&self, group: &str) -> Result<(), LockError> {
         let r = self.inner.confirm(group).await;
         self.count("confirm scale lease", r)

@@ -44,6 +44,17 @@ impl ScaleLock for LocalScaleLock {
         Ok(())
     }
 
+    /// Drops the held guard, if any. (`acquire` and `release` make no await between
+    /// taking the mutex and recording it, so a held guard is always this holder's.)
+    fn release_abandoned(&self, group: &str) {
+        let guard = self
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(group);
+        drop(guard);
+    }
+
     async fn release(&self, group: &str) -> Result<(), LockError> {
         let guard = self
             .held

@@ -306,6 +306,14 @@ pub trait ScaleLock: Send + Sync {
     /// Releases the group's lock.
     async fn release(&self, group: &str) -> Result<(), LockError>;
 
+    /// Gives the group's lock up without waiting, for a holder dropped before it could
+    /// [`release`](ScaleLock::release) it (an embedder's timeout, a task aborted at
+    /// shutdown): the engine calls it from a guard's `Drop`. It must not block; a lock whose
+    /// release needs I/O (a Lease) starts that release in the background, or lets the lock
+    /// expire. Also called after a `release` that was itself dropped part-way, so it must
+    /// accept a lock this holder no longer (or only partly) holds.
+    fn release_abandoned(&self, group: &str);
+
     /// Confirms, just before a write to the group's desired capacity, that this holder still
     /// owns the lock and will keep it while the write is under way: a lock that can expire
     /// (a Lease) renews it here if its last renewal is not recent, and fails when it was lost,
@@ -385,6 +393,9 @@ macro_rules! shared_ports {
             }
             async fn release(&self, group: &str) -> Result<(), LockError> {
                 (**self).release(group).await
+            }
+            fn release_abandoned(&self, group: &str) {
+                (**self).release_abandoned(group)
             }
             async fn confirm(&self, group: &str) -> Result<(), LockError> {
                 (**self).confirm(group).await

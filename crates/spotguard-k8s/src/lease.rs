@@ -380,15 +380,25 @@ impl LeaseScaleLock {
 
 #[async_trait]
 impl ScaleLock for LeaseScaleLock {
+    /// Cancel safe: dropped while waiting for the Lease, it gives the in-process side back
+    /// (a Lease it may have just taken expires, or is taken over by its own holder identity).
     async fn acquire(&self, group: &str) -> Result<(), LockError> {
         self.local.acquire(group).await?;
+        struct Local<'a>(&'a LocalScaleLock, &'a str);
+        impl Drop for Local<'_> {
+            fn drop(&mut self) {
+                self.0.release_abandoned(self.1);
+            }
+        }
+        let local = Local(&self.local, group);
         let lock = match self.acquire_lease(group).await {
             Ok(lock) => lock,
             Err(e) => {
-                self.local.release(group).await?;
+                // The guard gives the in-process side back.
                 return Err(e.into_lock_error(group));
             }
         };
+        std::mem::forget(local);
         let renew_every = self.config.duration / 3;
         let renewing = lock.clone();
         let name = group.to_string();
@@ -429,6 +439,34 @@ impl ScaleLock for LeaseScaleLock {
         let released = held.lock.release().await;
         self.local.release(group).await?;
         released.map_err(|e| e.into_lock_error(group))
+    }
+
+    /// Gives the Lease up in the background (on the tokio runtime of the caller, if any;
+    /// without one it expires) and the in-process side at once.
+    fn release_abandoned(&self, group: &str) {
+        let held = self
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(group);
+        if let Some(held) = held {
+            held.renewer.abort();
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    let name = group.to_string();
+                    runtime.spawn(async move {
+                        match held.lock.release().await {
+                            Ok(()) => tracing::info!(group = %name, "scale lock lease of an abandoned holder released"),
+                            Err(e) => tracing::warn!(group = %name, error = %e, "scale lock lease of an abandoned holder not released; it expires on its own"),
+                        }
+                    });
+                }
+                Err(_) => {
+                    tracing::warn!(%group, "scale lock lease abandoned outside a runtime; it expires on its own")
+                }
+            }
+        }
+        self.local.release_abandoned(group);
     }
 
     /// Before a write: a Lease renewed less than a third of its duration ago is held for at

@@ -144,6 +144,46 @@ async fn leases_held_at_shutdown_are_given_up_at_once() {
     next.release("web-spot").await.unwrap();
 }
 
+/// A holder dropped with the lock (an embedder's timeout around a notice): the engine calls
+/// `release_abandoned`, which frees the in-process side at once and releases the Lease in the
+/// background, so another process takes it long before it could have expired. An `acquire`
+/// dropped while it waits for a Lease someone else holds leaves nothing held either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_holder_gives_the_lock_up_without_waiting_for_expiry() {
+    let ns = common::control_plane()
+        .create_namespace("leases-abandoned")
+        .await;
+    let duration = Duration::from_secs(60);
+    let dropped = LeaseScaleLock::new(client(), lock_config(&ns, "dropped", duration));
+    let other = LeaseScaleLock::new(client(), lock_config(&ns, "other", duration));
+    dropped.acquire("web-spot").await.unwrap();
+    // `other` waits for the Lease and is dropped while waiting.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), other.acquire("web-spot"))
+            .await
+            .is_err(),
+        "the Lease is held"
+    );
+    dropped.release_abandoned("web-spot");
+    // This process's side is free at once...
+    tokio::time::timeout(Duration::from_secs(5), dropped.acquire("web-spot"))
+        .await
+        .expect("the in-process side given up at once")
+        .unwrap();
+    dropped.release("web-spot").await.unwrap();
+    dropped.acquire("web-spot").await.unwrap();
+    dropped.release_abandoned("web-spot");
+    // ...and the other process gets the Lease (its own dropped acquire left nothing held).
+    let started = Instant::now();
+    tokio::time::timeout(duration / 2, other.acquire("web-spot"))
+        .await
+        .expect("taken long before the abandoned lease could have expired")
+        .unwrap();
+    assert!(started.elapsed() < duration / 2, "{:?}", started.elapsed());
+    assert_eq!(holder(&scale_lease(&ns).await).as_deref(), Some("other"));
+    other.release("web-spot").await.unwrap();
+}
+
 #[tokio::test]
 async fn a_crashed_scale_lock_holder_is_taken_over_after_expiry() {
     let ns = common::control_plane()

@@ -1084,12 +1084,15 @@ pub async fn reach_fallback(world: &World, imds: &ImdsServer, at_risk: &str) -> 
         "Could not launch Spot Instances. InsufficientInstanceCapacity - There is no Spot \
          capacity available that matches your request. Launching EC2 instance failed.",
     );
+    let before = od_before.instance_ids();
+    // Raised, and the instance launched (moto may list the new desired capacity a moment
+    // before the instance).
     let od = world
         .group_until(ON_DEMAND, "the on-demand fallback", limit, |g| {
             g.desired == od_before.desired + 1
+                && g.instance_ids().iter().any(|i| !before.contains(i))
         })
         .await;
-    let before = od_before.instance_ids();
     let on_demand = od
         .instance_ids()
         .into_iter()

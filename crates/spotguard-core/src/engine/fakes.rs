@@ -751,6 +751,7 @@ impl ScaleLock for NoLock {
     async fn release(&self, _: &str) -> Result<(), LockError> {
         Ok(())
     }
+    fn release_abandoned(&self, _: &str) {}
 }
 
 pub fn test_config() -> Config {

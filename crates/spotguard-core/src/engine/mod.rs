@@ -210,6 +210,20 @@ impl<C, K, T, S, L> Drop for Mark<'_, C, K, T, S, L> {
     }
 }
 
+/// A scale lock taken and not yet released: dropped (with the future holding it) before
+/// [`ScaleLock::release`] completed, it gives the lock up with
+/// [`ScaleLock::release_abandoned`], so the next holder need not wait for shutdown or expiry.
+struct LockHeld<'a, L: ScaleLock> {
+    lock: &'a L,
+    group: &'a str,
+}
+
+impl<L: ScaleLock> Drop for LockHeld<'_, L> {
+    fn drop(&mut self) {
+        self.lock.release_abandoned(self.group);
+    }
+}
+
 /// How the last step of a scale-down ended.
 enum Removal {
     /// Paid back, as described.
@@ -392,15 +406,21 @@ where
         named(&groups, group).cloned()
     }
 
-    /// Runs `work` holding the group's scale lock; the lock is released whatever happens.
+    /// Runs `work` holding the group's scale lock; the lock is released whatever happens,
+    /// this future dropped part-way included ([`LockHeld`]).
     async fn locked<R>(
         &self,
         group: &str,
         work: impl std::future::Future<Output = Result<R, Error>>,
     ) -> Result<R, Error> {
         self.lock.acquire(group).await?;
+        let held = LockHeld {
+            lock: &self.lock,
+            group,
+        };
         let result = work.await;
         let released = self.lock.release(group).await;
+        std::mem::forget(held);
         let value = result?;
         released?;
         Ok(value)
@@ -678,8 +698,14 @@ where
     /// reported as [`Event::NoticeRejected`] and not retried: the daemon calls
     /// [`Engine::handle_notice`], which retries transient errors.
     ///
-    /// Cancel-safe: dropping the future ends the instance's in-flight mark; the ledger holds
-    /// whatever was raised, for the monitor or the next attempt to finish.
+    /// # Cancel safety
+    ///
+    /// Dropping the future at any await point (an embedder's timeout, an aborted task) ends
+    /// the instance's in-flight mark and gives up a scale lock it holds
+    /// ([`ScaleLock::release_abandoned`]); the ledger holds whatever was raised (a `Pending`
+    /// entry if the call's outcome was not seen), which the next attempt, [`Engine::recover`]
+    /// or the monitor settles. `proptests::every_flow_cancelled_at_every_await_point_*`
+    /// drops it after each number of polls in turn and checks that.
     pub async fn handle_rebalance(&self, notice: &Notice) -> Result<RebalanceOutcome, Error> {
         let Some(_mark) = self.begin(notice) else {
             return Ok(RebalanceOutcome::Coalesced);
@@ -1469,6 +1495,13 @@ where
 
     /// Phase 2: one monitor pass over the open ledger entries. With no open entry it makes no
     /// cloud call at all; otherwise one batched describe and at most one activities call.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped at any await point, it leaves no entry claimed by this engine and no scale
+    /// lock held; a scale-down under way is left `Draining` with its node tainted and
+    /// cordoned, and the next tick finishes or abandons it (its termination is fenced by the
+    /// entry's `scale_downs` count, so a node reopened meanwhile is never terminated).
     pub async fn monitor_tick(&self) -> Result<TickReport, Error> {
         let mut report = TickReport::default();
         let ledger = self.store.load().await?.value;
@@ -2078,6 +2111,11 @@ where
     /// At start-up: settles every pending entry old enough not to belong to a scale-up still
     /// in progress elsewhere; the monitor resumes every other open entry. Returns the number
     /// of open entries.
+    ///
+    /// # Cancel safety
+    ///
+    /// Each entry is settled with one ledger save; dropped part-way, the entries not yet
+    /// settled stay `Pending` for the next call.
     pub async fn recover(&self) -> Result<usize, Error> {
         let ledger = self.store.load().await?.value;
         let now = self.clock.now();
@@ -2100,6 +2138,10 @@ where
     }
 
     /// Drops released entries older than the retention period.
+    ///
+    /// # Cancel safety
+    ///
+    /// One ledger save: dropped, nothing or everything was dropped.
     pub async fn cleanup(&self) -> Result<usize, Error> {
         let now = self.clock.now();
         let retention = self.config.timings.released_retention;
@@ -2110,7 +2152,7 @@ where
         Ok(removed)
     }
 
-    /// The ledger as stored.
+    /// The ledger as stored. Cancel safe: it only reads.
     pub async fn ledger(&self) -> Result<Ledger, Error> {
         Ok(self.store.load().await?.value)
     }

@@ -138,8 +138,28 @@ impl Sim {
             .count() as u32
     }
 
-    /// Invariants that hold after every step.
+    /// Invariants that hold after every step, and every spot scale-up reported.
     fn check_step(&self) -> Result<(), TestCaseError> {
+        self.check_capacity()?;
+        let (spot_up, _) = self
+            .cloud
+            .st()
+            .deltas
+            .get("web-spot")
+            .copied()
+            .unwrap_or_default();
+        // 1: every reported spot scale-up is a real +1 (none lost to a race).
+        prop_assert_eq!(
+            spot_up,
+            self.spot_scale_ups_reported(),
+            "lost or phantom spot update"
+        );
+        Ok(())
+    }
+
+    /// The invariants on capacity, ledger and pods. (A flow dropped between a scale-up and
+    /// its report leaves the report out; the ledger holds the unit all the same.)
+    fn check_capacity(&self) -> Result<(), TestCaseError> {
         let st = self.cloud.st();
         let spot = st.groups["web-spot"].clone();
         let od = st.groups["web-od"].clone();
@@ -168,12 +188,6 @@ impl Sim {
             spot.desired <= SPOT_BASE + spot_entries,
             "spot leak: desired {} with {spot_entries} open pre-scales",
             spot.desired,
-        );
-        // 1: every reported spot scale-up is a real +1 (none lost to a race).
-        prop_assert_eq!(
-            spot_up,
-            self.spot_scale_ups_reported(),
-            "lost or phantom spot update"
         );
         // 5: no fallback removed while spot was unhealthy; no pod lost its node undrained.
         let unsafe_terms = self.cloud.st().unsafe_terminations.clone();
@@ -495,4 +509,167 @@ fn overlapping_monitor_passes_lose_no_pod() {
         ),
     ])
     .unwrap();
+}
+
+// ----- cancellation -----------------------------------------------------------------------
+//
+// An embedder may drop any engine future at any await point: a timeout around
+// `handle_rebalance`, a task aborted at shutdown. Each flow below is polled N times and then
+// dropped, for every N from 0 until it completes on its own; every port call yields, so every
+// await point of the flow is a place it is dropped at. After each drop the invariants hold;
+// this engine has no instance in flight and no entry claimed; no scale lock is held; the next
+// notice for the instance is handled, not merged into the dropped one; and recovery and the
+// monitor then settle every entry the dropped flow left, back to the starting capacity.
+
+/// Polls `flow` at most `polls` times; whether it completed. An unfinished flow is dropped.
+fn poll_at_most<F: std::future::Future>(flow: F, polls: usize) -> bool {
+    let waker = futures::task::noop_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut flow = std::pin::pin!(flow);
+    (0..polls).any(|_| flow.as_mut().poll(&mut cx).is_ready())
+}
+
+/// What is cancelled.
+#[derive(Debug, Clone, Copy)]
+enum Flow {
+    /// A rebalance recommendation; spot launches.
+    Rebalance,
+    /// A rebalance recommendation while spot launches fail: the on-demand fallback.
+    Fallback,
+    /// An interruption notice while spot launches fail.
+    Interruption,
+    /// A monitor tick that gives a fallback back (health, stability, safety, drain,
+    /// terminate).
+    GiveBack,
+}
+
+impl Sim {
+    /// Spot back, its failed launches older than the error window: what the monitor needs
+    /// to find it healthy.
+    fn spot_back(&self) {
+        self.cloud.st().spot_outage = false;
+        self.cloud.reconcile_all();
+        self.pass(660);
+    }
+
+    /// The world before the flow, and the notice it (or the next attempt) handles.
+    fn prepare(&self, flow: Flow, engine: &SimEngine<'_>) -> Notice {
+        let notice = self.notice(0, matches!(flow, Flow::Interruption)).unwrap();
+        if !matches!(flow, Flow::Rebalance) {
+            self.cloud.st().spot_outage = true;
+        }
+        if let Flow::GiveBack = flow {
+            block_on(engine.handle_notice(&notice)).unwrap();
+            assert_eq!(
+                self.open(EntryKind::Fallback),
+                1,
+                "the fallback to give back"
+            );
+            self.spot_back();
+            // The monitor's first pass starts the stability clock; the cancelled one acts.
+            block_on(engine.monitor_tick()).unwrap();
+            self.pass(300);
+        }
+        notice
+    }
+}
+
+fn cancelled_at_every_await_point(flow: Flow) {
+    let mut completed_after = None;
+    for polls in 0..20_000 {
+        let sim = Sim::interleaved();
+        let lock = LocalScaleLock::default();
+        let engine = sim.engine(&lock);
+        let notice = sim.prepare(flow, &engine);
+        let before = sim.events.events().len();
+        let done = match flow {
+            Flow::GiveBack => poll_at_most(engine.monitor_tick(), polls),
+            _ => poll_at_most(engine.handle_rebalance(&notice), polls),
+        };
+        let at = format!("{flow:?} dropped after {polls} polls");
+        sim.check_capacity().unwrap_or_else(|e| panic!("{at}: {e}"));
+        {
+            let state = engine.state.lock().unwrap();
+            assert!(
+                state.in_flight.is_empty(),
+                "{at}: {:?} in flight",
+                state.in_flight
+            );
+            assert!(
+                state.monitoring.is_empty(),
+                "{at}: {:?} claimed",
+                state.monitoring
+            );
+        }
+        for group in ["web-spot", "web-od"] {
+            assert!(
+                poll_at_most(lock.acquire(group), 1),
+                "{at}: the {group} scale lock is still held"
+            );
+            block_on(lock.release(group)).unwrap();
+        }
+        // The next notice for the instance is acted on (spot is back by now).
+        sim.cloud.st().spot_outage = false;
+        sim.cloud.reconcile_all();
+        let _ = block_on(engine.handle_notice(&notice));
+        let merged = sim.events.events()[before..]
+            .iter()
+            .any(|(_, e)| matches!(e, Event::NoticeCoalesced { .. }));
+        assert!(
+            !merged,
+            "{at}: the next notice was merged into the dropped one"
+        );
+        // Recovery and the monitor settle what the dropped flow left.
+        sim.pass(600);
+        block_on(engine.recover()).unwrap_or_else(|e| panic!("{at}: recover: {e}"));
+        for _ in 0..40 {
+            if sim.store.ledger().open().next().is_none()
+                && sim.cloud.group("web-od").desired == 0
+                && sim.cloud.group("web-spot").desired == SPOT_BASE
+            {
+                break;
+            }
+            sim.pass(30);
+            let _ = block_on(engine.monitor_tick());
+            sim.check_capacity().unwrap_or_else(|e| panic!("{at}: {e}"));
+        }
+        let open: Vec<_> = sim.store.ledger().open().cloned().collect();
+        assert!(open.is_empty(), "{at}: entries left open: {open:#?}");
+        assert_eq!(sim.cloud.group("web-od").desired, 0, "{at}");
+        assert_eq!(sim.cloud.group("web-spot").desired, SPOT_BASE, "{at}");
+        if done {
+            if let Flow::GiveBack = flow {
+                let scaled_down = sim.events.events()[before..]
+                    .iter()
+                    .any(|(_, e)| matches!(e, Event::ScaleDownStarted { .. }));
+                assert!(scaled_down, "the cancelled tick is the one that gives back");
+            }
+            completed_after = Some(polls);
+            break;
+        }
+    }
+    let polls = completed_after.expect("the flow completes within 20,000 polls");
+    // Every port call yields at least once: a flow this short would not have been cut at
+    // its await points.
+    assert!(polls > 10, "{flow:?} completed after only {polls} polls");
+}
+
+#[test]
+fn every_flow_cancelled_at_every_await_point_rebalance() {
+    cancelled_at_every_await_point(Flow::Rebalance);
+}
+
+#[test]
+fn every_flow_cancelled_at_every_await_point_fallback() {
+    cancelled_at_every_await_point(Flow::Fallback);
+}
+
+#[test]
+fn every_flow_cancelled_at_every_await_point_interruption() {
+    cancelled_at_every_await_point(Flow::Interruption);
+}
+
+#[test]
+fn every_flow_cancelled_at_every_await_point_give_back() {
+    cancelled_at_every_await_point(Flow::GiveBack);
 }
