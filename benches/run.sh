@@ -50,7 +50,7 @@ run() {
 if [ "${1:-}" != "--report" ]; then
 run safety cargo bench -p spotguard-benches --bench safety -- "${short[@]}"
 run monitor cargo bench -p spotguard-benches --bench monitor -- "${short[@]}"
-run sim cargo bench -p spotguard-core --features sim --bench sim -- "${short[@]}"
+run sim cargo bench -p spotguard-sim --bench sim -- "${short[@]}"
 run drain cargo bench -p spotguard-k8s --bench drain
 run cache cargo bench -p spotguard-k8s --bench cache
 # The footprint is the shipped binary's: the `dist` profile the Dockerfile builds.
@@ -186,7 +186,7 @@ ram=$(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
     echo
     echo "## Simulator"
     echo
-    echo "\`crates/spotguard-core/benches/sim.rs\`: a busy simulated day (six rebalance waves)."
+    echo "\`crates/spotguard-sim/benches/sim.rs\`: a busy simulated day (six rebalance waves)."
     echo
     sim_table
     echo

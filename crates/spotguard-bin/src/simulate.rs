@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use spotguard_core::sim::{self, clock_text, Comparison, Progress, Scenario, EXAMPLES};
+use spotguard_sim::{self as sim, clock_text, Comparison, Progress, Scenario, EXAMPLES};
 
 mod plot;
 

@@ -204,7 +204,7 @@ fn plot_writes_an_svg() {
 #[test]
 fn a_bad_scenario_is_refused_with_file_and_field() {
     let path = std::env::temp_dir().join(format!("spotguard-bad-{}.toml", std::process::id()));
-    let text = include_str!("../../../examples/scenarios/quiet-day.toml").replace(
+    let text = include_str!("../../../crates/spotguard-sim/scenarios/quiet-day.toml").replace(
         "[[timeline]]\nat = \"06:00\"",
         "[[timeline]]\nat = \"06:00\"\ngroup = \"nope\"",
     );

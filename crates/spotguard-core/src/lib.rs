@@ -7,7 +7,7 @@
 //! What it is **not**: it does no I/O and needs no runtime. It never reads the OS clock, never
 //! spawns and never sleeps on tokio; AWS and Kubernetes are reached through the
 //! [`ports`] that adapters implement (`spotguard-aws`, `spotguard-k8s`, or the in-memory
-//! simulator behind the `sim` feature). Any executor can drive it, and tests drive it with
+//! simulator of `spotguard-sim`). Any executor can drive it, and tests drive it with
 //! virtual time.
 //!
 //! - [`model`]: groups, instances, activities, nodes, pods, PDBs (integers, no API types).
@@ -56,7 +56,5 @@ pub mod model;
 pub mod notice;
 pub mod ports;
 pub mod predicates;
-#[cfg(feature = "sim")]
-pub mod sim;
 pub mod status;
 pub mod view;

@@ -322,6 +322,9 @@ pub fn lease_name(prefix: &str, group: &str) -> String {
     trimmed.to_string()
 }
 
+/// A Lease release under way in the background.
+type Releasing = JoinHandle<Result<(), Error>>;
+
 struct Held {
     lock: Arc<LeaseLock>,
     renewer: JoinHandle<()>,
@@ -334,6 +337,9 @@ pub struct LeaseScaleLock {
     config: LeaseLockConfig,
     local: LocalScaleLock,
     held: Mutex<HashMap<String, Held>>,
+    /// Releases started by [`ScaleLock::release_abandoned`], awaited by
+    /// [`LeaseScaleLock::release_all`] so a shutdown does not cut them off.
+    abandoned: Mutex<Vec<(String, Releasing)>>,
 }
 
 impl LeaseScaleLock {
@@ -344,6 +350,7 @@ impl LeaseScaleLock {
             config,
             local: LocalScaleLock::default(),
             held: Mutex::new(HashMap::new()),
+            abandoned: Mutex::new(Vec::new()),
         }
     }
 
@@ -453,13 +460,11 @@ impl ScaleLock for LeaseScaleLock {
             held.renewer.abort();
             match tokio::runtime::Handle::try_current() {
                 Ok(runtime) => {
-                    let name = group.to_string();
-                    runtime.spawn(async move {
-                        match held.lock.release().await {
-                            Ok(()) => tracing::info!(group = %name, "scale lock lease of an abandoned holder released"),
-                            Err(e) => tracing::warn!(group = %name, error = %e, "scale lock lease of an abandoned holder not released; it expires on its own"),
-                        }
-                    });
+                    let release = runtime.spawn(async move { held.lock.release().await });
+                    let mut abandoned = self.abandoned.lock().unwrap_or_else(|e| e.into_inner());
+                    // Those done already need no waiting for.
+                    abandoned.retain(|(_, r)| !r.is_finished());
+                    abandoned.push((group.to_string(), release));
                 }
                 Err(_) => {
                     tracing::warn!(%group, "scale lock lease abandoned outside a runtime; it expires on its own")
@@ -503,8 +508,9 @@ impl ScaleLock for LeaseScaleLock {
 impl LeaseScaleLock {
     /// Gives up every Lease still held — at shutdown, for handlers that were abandoned while
     /// holding one — so agents waiting on the same groups go on at once instead of waiting for
-    /// expiry. Returns the groups released; a Lease that cannot be released is logged and
-    /// left to expire.
+    /// expiry, and waits for the releases started for abandoned holders
+    /// ([`ScaleLock::release_abandoned`]). Returns the groups released; a Lease that cannot be
+    /// released is logged and left to expire.
     pub async fn release_all(&self) -> Vec<String> {
         let held: Vec<(String, Held)> = self
             .held
@@ -513,6 +519,23 @@ impl LeaseScaleLock {
             .drain()
             .collect();
         let mut released = Vec::new();
+        let abandoned: Vec<_> = self
+            .abandoned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect();
+        for (group, release) in abandoned {
+            match release.await {
+                Ok(Ok(())) => released.push(group),
+                Ok(Err(e)) => {
+                    tracing::warn!(%group, error = %e, "scale lock lease not released; it expires on its own")
+                }
+                Err(e) => {
+                    tracing::warn!(%group, error = %e, "scale lock lease release did not finish; it expires on its own")
+                }
+            }
+        }
         for (group, held) in held {
             held.renewer.abort();
             // The in-process side too, so this lock stays usable.

@@ -6,7 +6,7 @@ use std::path::Path;
 use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
-use spotguard_core::sim::{Comparison, Sample};
+use spotguard_sim::{Comparison, Sample};
 
 const SPOT: RGBColor = RGBColor(0x1f, 0x77, 0xb4);
 const ON_DEMAND: RGBColor = RGBColor(0xff, 0x7f, 0x0e);

@@ -19,10 +19,10 @@ use async_trait::async_trait;
 
 use super::scenario::{Capacity, CloudSettings, InstanceType, Scenario};
 use super::world::{Happening, Shared, World};
-use crate::model::{
+use spotguard_core::model::{
     Activity, ActivityStatus, Group, HealthStatus, Instance, InstanceId, LifecycleState,
 };
-use crate::ports::{Cloud, CloudError};
+use spotguard_core::ports::{Cloud, CloudError};
 
 /// The message of a spot launch that fails for lack of capacity, as Auto Scaling words it.
 pub const INSUFFICIENT_CAPACITY: &str =
@@ -509,8 +509,8 @@ mod tests {
     use futures::executor::block_on;
 
     use super::*;
-    use crate::sim::scenario::fixtures::small;
-    use crate::sim::world::Shared;
+    use crate::scenario::fixtures::small;
+    use crate::world::Shared;
 
     fn cloud(world: &Shared) -> SimCloud {
         SimCloud {

@@ -6,7 +6,7 @@
 //! use std::time::{Duration, SystemTime};
 //! use futures::task::LocalSpawnExt;
 //! use spotguard_core::ports::Clock;
-//! use spotguard_core::sim::SimClock;
+//! use spotguard_sim::SimClock;
 //!
 //! let t0 = SystemTime::UNIX_EPOCH;
 //! let clock = SimClock::new(t0);
@@ -30,7 +30,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 
-use crate::ports::Clock;
+use spotguard_core::ports::Clock;
 
 #[derive(Debug)]
 struct State {

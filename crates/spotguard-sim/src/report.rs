@@ -9,7 +9,7 @@ use serde::{Serialize, Serializer};
 
 use super::driver::Strategy;
 use super::scenario::clock_text;
-use crate::events::Event;
+use spotguard_core::events::Event;
 
 /// Who a timeline line is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]

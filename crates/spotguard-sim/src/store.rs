@@ -5,15 +5,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
-use crate::ledger::Ledger;
-use crate::ports::{LedgerStore, StoreError, Versioned};
+use spotguard_core::ledger::Ledger;
+use spotguard_core::ports::{LedgerStore, StoreError, Versioned};
 
 /// The ledger kept in memory; clones share it.
 ///
 /// ```
 /// use spotguard_core::ledger::Ledger;
 /// use spotguard_core::ports::{LedgerStore, StoreError};
-/// use spotguard_core::sim::MemoryStore;
+/// use spotguard_sim::MemoryStore;
 /// futures::executor::block_on(async {
 ///     let store = MemoryStore::default();
 ///     let loaded = store.load().await.unwrap();

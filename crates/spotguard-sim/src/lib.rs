@@ -1,3 +1,5 @@
+//! # spotguard-sim
+//!
 //! The simulator: Spot Guard's real engine, end to end, over an in-memory cloud and cluster
 //! in virtual time. It backs `spotguard simulate`, the tests and the benchmarks, and needs no
 //! AWS account and no cluster.
@@ -15,7 +17,7 @@
 //!   after EC2 took it).
 //!
 //! ```
-//! use spotguard_core::sim::{compare, Scenario};
+//! use spotguard_sim::{compare, Scenario};
 //! let comparison = compare(&Scenario::builtin(), &mut |_| {});
 //! let sg = &comparison.spot_guard.summary;
 //! assert_eq!(sg.pdb_violations, 0);

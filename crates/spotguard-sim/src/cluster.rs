@@ -26,13 +26,15 @@ use super::clock::SimClock;
 use super::report::Source;
 use super::scenario::{Capacity, ClusterSettings, Scenario, WorkloadKind};
 use super::world::{Shared, World};
-use crate::config::DrainOptions;
-use crate::model::{
+use spotguard_core::config::DrainOptions;
+use spotguard_core::model::{
     CapacityType, LabelSelector, Node, OwnerKind, Pdb, Pod, Resources, Taint, TaintEffect,
     Toleration, TolerationOperator,
 };
-use crate::ports::{Clock, Cluster, ClusterError, DrainReport, PodOutcome, PodReport, SkipReason};
-use crate::view::{ClusterView, ClusterViewBuilder};
+use spotguard_core::ports::{
+    Clock, Cluster, ClusterError, DrainReport, PodOutcome, PodReport, SkipReason,
+};
+use spotguard_core::view::{ClusterView, ClusterViewBuilder};
 
 const MIB: u64 = 1 << 20;
 
@@ -684,7 +686,7 @@ mod tests {
     use futures::executor::block_on;
 
     use super::*;
-    use crate::sim::scenario::fixtures::small;
+    use crate::scenario::fixtures::small;
 
     fn cluster(world: &Shared) -> SimCluster {
         let clock = world.lock().clock.clone();

@@ -15,8 +15,8 @@ use super::cloud::CloudState;
 use super::cluster::ClusterState;
 use super::report::{Sample, Source, TimelineEntry};
 use super::scenario::Scenario;
-use crate::model::InstanceId;
-use crate::ports::Clock;
+use spotguard_core::model::InstanceId;
+use spotguard_core::ports::Clock;
 
 /// Something that happens at a set virtual time.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]

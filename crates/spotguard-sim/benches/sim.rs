@@ -4,14 +4,14 @@
 //! 100 and 1,000 nodes. Criterion's throughput line (`elem/s`) reads as simulated days per
 //! second.
 //!
-//! `cargo bench -p spotguard-core --features sim --bench sim`
+//! `cargo bench -p spotguard-sim --bench sim`
 #![allow(missing_docs)] // criterion_group! generates an undocumented function
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use spotguard_core::sim::{simulate, Scenario, Strategy};
+use spotguard_sim::{simulate, Scenario, Strategy};
 
 /// A day on `nodes` spot m5.xlarge nodes at about 85% CPU requested.
 fn busy_day(nodes: u32) -> Scenario {

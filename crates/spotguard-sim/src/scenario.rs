@@ -1,9 +1,9 @@
 //! Scenario files: the cluster, its Auto Scaling groups, prices, workloads, PDBs and a
-//! timeline of what EC2 does to it. The schema is documented in [`crate::sim`] and in
+//! timeline of what EC2 does to it. The schema is documented in [`crate`] and in
 //! `docs/scenarios.md`.
 //!
 //! ```
-//! use spotguard_core::sim::Scenario;
+//! use spotguard_sim::Scenario;
 //! let s = Scenario::from_toml(r#"
 //!     name = "tiny"
 //!     duration = "1h"
@@ -39,26 +39,23 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::config::{Config, GroupPair};
+use spotguard_core::config::{Config, GroupPair};
 
 /// The built-in scenario `spotguard simulate` runs when no file is given.
-pub const BUILTIN: &str = include_str!("../../../../examples/scenarios/mixed-day.toml");
+pub const BUILTIN: &str = include_str!("../scenarios/mixed-day.toml");
 
 /// The example scenarios shipped with Spot Guard, by name (the file stem under
-/// `examples/scenarios/`).
+/// `crates/spotguard-sim/scenarios/`).
 pub const EXAMPLES: &[(&str, &str)] = &[
     ("mixed-day", BUILTIN),
-    (
-        "quiet-day",
-        include_str!("../../../../examples/scenarios/quiet-day.toml"),
-    ),
+    ("quiet-day", include_str!("../scenarios/quiet-day.toml")),
     (
         "interruption-wave",
-        include_str!("../../../../examples/scenarios/interruption-wave.toml"),
+        include_str!("../scenarios/interruption-wave.toml"),
     ),
     (
         "spot-drought",
-        include_str!("../../../../examples/scenarios/spot-drought.toml"),
+        include_str!("../scenarios/spot-drought.toml"),
     ),
 ];
 
@@ -440,9 +437,9 @@ impl Scenario {
         Self::from_toml(&text, &file)
     }
 
-    /// The built-in scenario (`examples/scenarios/mixed-day.toml`).
+    /// The built-in scenario (`crates/spotguard-sim/scenarios/mixed-day.toml`).
     pub fn builtin() -> Self {
-        Self::from_toml(BUILTIN, "examples/scenarios/mixed-day.toml")
+        Self::from_toml(BUILTIN, "crates/spotguard-sim/scenarios/mixed-day.toml")
             .expect("the built-in scenario is valid")
     }
 
@@ -459,7 +456,7 @@ impl Scenario {
                     .join(", "),
             }
         })?;
-        Self::from_toml(text, &format!("examples/scenarios/{stem}.toml"))
+        Self::from_toml(text, &format!("crates/spotguard-sim/scenarios/{stem}.toml"))
     }
 
     /// Spot Guard's configuration for this scenario: `[spotguard]` with the group pairs.

@@ -25,15 +25,15 @@ use super::report::{Comparison, LedgerEnd, NodeCount, RunReport, Source, Summary
 use super::scenario::{clock_text, Capacity, EventKind, Scenario};
 use super::store::MemoryStore;
 use super::world::{Happening, Shared, World};
-use crate::config::DrainOptions;
-use crate::engine::Engine;
-use crate::events::{Check, Event, Observer};
-use crate::ledger::EntryKind;
-use crate::lock::LocalScaleLock;
-use crate::model::{InstanceId, LifecycleState};
-use crate::notice::{Notice, NoticeKind};
-use crate::ports::{Clock, Cluster};
-use crate::predicates::{Reason, Verdict};
+use spotguard_core::config::DrainOptions;
+use spotguard_core::engine::Engine;
+use spotguard_core::events::{Check, Event, Observer};
+use spotguard_core::ledger::EntryKind;
+use spotguard_core::lock::LocalScaleLock;
+use spotguard_core::model::{InstanceId, LifecycleState};
+use spotguard_core::notice::{Notice, NoticeKind};
+use spotguard_core::ports::{Clock, Cluster};
+use spotguard_core::predicates::{Reason, Verdict};
 
 /// 2026-01-01T00:00:00Z: the virtual start of every simulation.
 const START_SECS: u64 = 1_767_225_600;
@@ -78,7 +78,7 @@ type SimEngine = Engine<SimCloud, SimCluster, SimClock, MemoryStore, LocalScaleL
 /// Runs the scenario under one strategy.
 ///
 /// ```
-/// use spotguard_core::sim::{simulate, Scenario, Strategy};
+/// use spotguard_sim::{simulate, Scenario, Strategy};
 /// let report = simulate(&Scenario::builtin(), Strategy::SpotGuard);
 /// assert_eq!(report.summary.pdb_violations, 0);
 /// assert_eq!(report.ledger.unwrap().open_fallbacks, 0);
@@ -99,7 +99,7 @@ pub fn simulate_with_progress(
 /// Runs the scenario under Spot Guard and both baselines.
 ///
 /// ```
-/// use spotguard_core::sim::{compare, Scenario};
+/// use spotguard_sim::{compare, Scenario};
 /// let c = compare(&Scenario::example("quiet-day").unwrap(), &mut |_| {});
 /// assert!(c.spot_guard.summary.cost_usd < c.all_on_demand.summary.cost_usd);
 /// print!("{}", c.table());
@@ -651,7 +651,7 @@ async fn termination_handler(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::scenario::fixtures::small;
+    use crate::scenario::fixtures::small;
 
     fn at(report: &RunReport, text: &str) -> Vec<Duration> {
         report
