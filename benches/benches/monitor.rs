@@ -1,5 +1,5 @@
 //! The monitor tick with 50 ledger entries over 50 spot / 50 on-demand groups, through the
-//! pure engine over in-memory ports (benches/src/ports.rs), at 1,000 and 5,000 nodes.
+//! pure engine over the core's in-memory ports (benches/src/ports.rs sets them up), at 1,000 and 5,000 nodes.
 //!
 //! Steady state: every spot group is healthy and has been stable for longer than required, so
 //! each tick evaluates health, stability and safety for all 50 entries; a 99% capacity buffer
@@ -84,9 +84,8 @@ fn main() {
         times.sort();
         allocations.sort();
         bytes.sort();
-        let mutations = world.cloud.mutations.count()
-            + world.cluster.mutations.count()
-            + world.store.mutations.count();
+        let mutations =
+            world.cloud.writes() + world.cluster.writes() + world.store.saves() as usize;
         assert_eq!(mutations, 0, "the steady state mutates nothing");
         let snapshot =
             block_on(spotguard_core::ports::Cluster::snapshot(&world.cluster)).expect("snapshot");

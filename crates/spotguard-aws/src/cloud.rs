@@ -36,7 +36,7 @@ use aws_sdk_autoscaling::error::{DisplayErrorContext, ProvideErrorMetadata, SdkE
 use aws_sdk_autoscaling::types as sdk;
 use aws_sdk_autoscaling::Client;
 use spotguard_core::model::{
-    Activity, ActivityStatus, Group, HealthStatus, Instance, LifecycleState,
+    Activity, ActivityStatus, Group, HealthStatus, Instance, LifecycleState, SizeBounds,
 };
 use spotguard_core::ports::{Cloud, CloudError};
 
@@ -202,29 +202,8 @@ impl AwsCloudBuilder {
 
 #[derive(Debug, Clone, Copy)]
 struct Bounds {
-    min: u32,
-    max: u32,
+    bounds: SizeBounds,
     seen: Instant,
-}
-
-impl Bounds {
-    fn check(&self, group: &str, desired: u32) -> Result<(), CloudError> {
-        if desired > self.max {
-            return Err(CloudError::AboveMax {
-                group: group.to_string(),
-                desired,
-                max: self.max,
-            });
-        }
-        if desired < self.min {
-            return Err(CloudError::BelowMin {
-                group: group.to_string(),
-                desired,
-                min: self.min,
-            });
-        }
-        Ok(())
-    }
 }
 
 /// The [`Cloud`] port over Amazon EC2 Auto Scaling.
@@ -322,8 +301,7 @@ impl AwsCloud {
             bounds.insert(
                 group.name.clone(),
                 Bounds {
-                    min: group.min,
-                    max: group.max,
+                    bounds: group.bounds(),
                     seen: now,
                 },
             );
@@ -336,20 +314,16 @@ impl AwsCloud {
     }
 
     /// Bounds to check `desired` against: recent cached ones that admit it, else fresh ones.
-    async fn bounds_for(&self, group: &str, desired: u32) -> Result<Bounds, CloudError> {
+    async fn bounds_for(&self, group: &str, desired: u32) -> Result<SizeBounds, CloudError> {
         let cached = self.bounds().get(group).copied();
         if let Some(b) = cached {
-            if b.seen.elapsed() <= self.bounds_max_age && b.check(group, desired).is_ok() {
-                return Ok(b);
+            if b.seen.elapsed() <= self.bounds_max_age && b.bounds.check(group, desired).is_ok() {
+                return Ok(b.bounds);
             }
         }
         let described = self.describe(&[group.to_string()]).await?;
         let fresh = described.get(group).ok_or_else(|| unknown_group(group))?;
-        Ok(Bounds {
-            min: fresh.min,
-            max: fresh.max,
-            seen: Instant::now(),
-        })
+        Ok(fresh.bounds())
     }
 
     async fn group_of_instance(&self, instance: &str) -> Result<String, CloudError> {
@@ -414,13 +388,7 @@ impl Cloud for AwsCloud {
         if decrement {
             let described = self.describe(std::slice::from_ref(&group)).await?;
             let g = described.get(&group).ok_or_else(|| unknown_group(&group))?;
-            if g.desired <= g.min {
-                return Err(CloudError::BelowMin {
-                    group,
-                    desired: g.desired.saturating_sub(1),
-                    min: g.min,
-                });
-            }
+            g.bounds().decrement(&group, g.desired)?;
         }
         tracing::debug!(instance, group, decrement, "terminating instance");
         self.client
@@ -671,32 +639,6 @@ mod tests {
     fn unique_keeps_first_occurrences_in_order() {
         let names = ["b", "a", "b", "c", "a"].map(String::from);
         assert_eq!(unique(&names), ["b", "a", "c"].map(String::from));
-    }
-
-    #[test]
-    fn bounds_check_names_the_group() {
-        let b = Bounds {
-            min: 1,
-            max: 3,
-            seen: Instant::now(),
-        };
-        assert!(b.check("g", 3).is_ok());
-        assert_eq!(
-            b.check("g", 4),
-            Err(CloudError::AboveMax {
-                group: "g".into(),
-                desired: 4,
-                max: 3
-            })
-        );
-        assert_eq!(
-            b.check("g", 0),
-            Err(CloudError::BelowMin {
-                group: "g".into(),
-                desired: 0,
-                min: 1
-            })
-        );
     }
 
     #[test]

@@ -11,20 +11,18 @@
 use std::collections::HashSet;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use async_trait::async_trait;
 use k8s_openapi::api::core::v1::Node as KNode;
 use kube::Api;
 use spotguard_aws::{AwsCloud, AwsError, NoticeWatcher};
 use spotguard_core::config::ConfigWarning;
 use spotguard_core::engine::Engine;
-use spotguard_core::ports::Clock;
 use spotguard_k8s::cache::node_name_for_instance;
 use spotguard_k8s::lease::default_identity;
 use spotguard_k8s::{
     CacheScope, ConfigMapLedgerStore, ConfigMapStatusStore, KubeCluster, KubeClusterOptions,
-    LeaderElector, LeaseLockConfig, LeaseScaleLock, NodeEvents,
+    LeaderElector, LeaseLockConfig, LeaseScaleLock, NodeEvents, TokioClock,
 };
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -39,30 +37,7 @@ use crate::roles::{run_agent, run_controller, Handover, NodeMarker, NoticeIntake
 use crate::settings::{DaemonConfig, LogFormat, SettingsError};
 use crate::shutdown::{self, Shutdown};
 use crate::status_book::{StatusBook, StatusPublisher};
-
-/// The engine as the daemon wires it.
-pub type DaemonEngine = Engine<
-    DryRun<AwsCloud>,
-    DryRun<Metered<KubeCluster>>,
-    SystemClock,
-    DryRun<Metered<ConfigMapLedgerStore>>,
-    DryRun<Metered<Arc<LeaseScaleLock>>>,
->;
-
-/// The operating system's clock, with tokio's timers.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-#[async_trait]
-impl Clock for SystemClock {
-    fn now(&self) -> SystemTime {
-        SystemTime::now()
-    }
-
-    async fn sleep(&self, duration: Duration) {
-        tokio::time::sleep(duration).await
-    }
-}
+use crate::wiring::DaemonEngine;
 
 /// Why the daemon could not start. Each displays as one line naming what failed.
 #[derive(Debug, thiserror::Error)]
@@ -663,7 +638,7 @@ async fn start_controller(
             config.engine.clone(),
             DryRun::new(cloud, dry, metrics.clone()),
             DryRun::new(Metered::new(cluster, metrics.clone()), dry, metrics.clone()),
-            SystemClock,
+            TokioClock,
             DryRun::new(Metered::new(store, metrics.clone()), dry, metrics.clone()),
             DryRun::new(
                 Metered::new(lock.clone(), metrics.clone()),

@@ -38,6 +38,8 @@ mod shutdown;
 mod status;
 #[cfg(feature = "daemon")]
 mod status_book;
+#[cfg(feature = "daemon")]
+mod wiring;
 
 use settings::{DaemonConfig, SettingsError};
 

@@ -22,11 +22,14 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use async_trait::async_trait;
 use k8s_openapi::api::core::v1::Node as KNode;
 use kube::Api;
 use spotguard_aws::NoticeWatcher;
-use spotguard_core::config::{NoticeRetry, Timings};
-use spotguard_core::engine::{RebalanceOutcome, Replacement};
+use spotguard_core::config::NoticeRetry;
+use spotguard_core::engine::{
+    Error as EngineError, MonitorHooks, RebalanceOutcome, Replacement, TickReport,
+};
 use spotguard_core::model::Taint;
 use spotguard_core::notice::{Notice, NoticeKind};
 use spotguard_k8s::notice::{
@@ -36,13 +39,13 @@ use spotguard_k8s::taint::WritePolicy;
 use spotguard_k8s::LeaderElector;
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 
-use crate::daemon::DaemonEngine;
 use crate::metrics::{KindLabel, Metrics};
 use crate::observer::NoticeNodes;
 use crate::shutdown::Shutdown;
 use crate::status_book::{StatusBook, StatusPublisher};
+use crate::wiring::DaemonEngine;
 
 /// How an agent hands its notices to the controller.
 pub enum Handover {
@@ -544,68 +547,75 @@ async fn finish_monitor(
     }
 }
 
-/// The leader's monitor: recover once, then tick and clean up until stopped between ticks.
+/// The leader's monitor: the engine's monitor loop ([`Engine::run_monitor`]: recover once,
+/// then tick and clean up until stopped between steps), logged and counted here.
+///
+/// [`Engine::run_monitor`]: spotguard_core::engine::Engine::run_monitor
 async fn monitor_loop(
     engine: Arc<DaemonEngine>,
     metrics: Arc<Metrics>,
     status: Option<StatusBook>,
     stop: Shutdown,
 ) {
-    match engine.recover().await {
-        Ok(open) => tracing::info!(open, "ledger recovered: {open} open entries"),
-        Err(e) => {
-            tracing::warn!(error = %e, "ledger recovery failed; the monitor retries every tick")
-        }
-    }
-    let Timings {
-        monitor_interval,
-        cleanup_interval,
-        ..
-    } = engine.config().timings;
-    let mut ticks = tokio::time::interval(monitor_interval);
-    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut cleanups =
-        tokio::time::interval_at(Instant::now() + cleanup_interval, cleanup_interval);
-    cleanups.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            biased;
-            _ = stop.triggered() => break,
-            _ = ticks.tick() => tick(&engine, &metrics, status.as_ref()).await,
-            _ = cleanups.tick() => {
-                if let Err(e) = engine.cleanup().await {
-                    tracing::warn!(error = %e, "ledger cleanup failed");
-                }
-            }
-        }
-    }
+    let hooks = MonitorLog {
+        engine: &engine,
+        metrics: &metrics,
+        status: status.as_ref(),
+    };
+    engine.run_monitor(stop.triggered(), &hooks).await
 }
 
-async fn tick(engine: &DaemonEngine, metrics: &Metrics, status: Option<&StatusBook>) {
-    match engine.monitor_tick().await {
-        Ok(report) => {
-            if !report.released.is_empty()
-                || !report.draining.is_empty()
-                || !report.errors.is_empty()
-            {
-                tracing::info!(
-                    released = ?report.released,
-                    draining = ?report.draining,
-                    waiting = report.waiting.len(),
-                    errors = ?report.errors,
-                    "monitor tick"
-                );
+/// Logs the monitor loop's steps and refreshes the ledger metrics and the status record's
+/// open entries after each tick.
+struct MonitorLog<'a> {
+    engine: &'a DaemonEngine,
+    metrics: &'a Metrics,
+    status: Option<&'a StatusBook>,
+}
+
+#[async_trait]
+impl MonitorHooks for MonitorLog<'_> {
+    async fn recovered(&self, result: &Result<usize, EngineError>) {
+        match result {
+            Ok(open) => tracing::info!(open, "ledger recovered: {open} open entries"),
+            Err(e) => {
+                tracing::warn!(error = %e, "ledger recovery failed; the monitor retries every tick")
             }
         }
-        Err(e) => tracing::warn!(error = %e, "monitor tick failed"),
     }
-    match engine.ledger().await {
-        Ok(ledger) => {
-            metrics.set_ledger(&ledger, SystemTime::now());
-            if let Some(status) = status {
-                status.retain_open(&ledger);
+
+    async fn ticked(&self, result: &Result<TickReport, EngineError>) {
+        match result {
+            Ok(report) => {
+                if !report.released.is_empty()
+                    || !report.draining.is_empty()
+                    || !report.errors.is_empty()
+                {
+                    tracing::info!(
+                        released = ?report.released,
+                        draining = ?report.draining,
+                        waiting = report.waiting.len(),
+                        errors = ?report.errors,
+                        "monitor tick"
+                    );
+                }
             }
+            Err(e) => tracing::warn!(error = %e, "monitor tick failed"),
         }
-        Err(e) => tracing::debug!(error = %e, "could not read the ledger for metrics"),
+        match self.engine.ledger().await {
+            Ok(ledger) => {
+                self.metrics.set_ledger(&ledger, SystemTime::now());
+                if let Some(status) = self.status {
+                    status.retain_open(&ledger);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "could not read the ledger for metrics"),
+        }
+    }
+
+    async fn cleaned(&self, result: &Result<usize, EngineError>) {
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "ledger cleanup failed");
+        }
     }
 }

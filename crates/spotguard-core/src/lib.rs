@@ -52,6 +52,7 @@ pub mod engine;
 pub mod events;
 pub mod ledger;
 pub mod lock;
+pub mod memory;
 pub mod model;
 pub mod notice;
 pub mod ports;

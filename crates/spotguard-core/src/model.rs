@@ -9,6 +9,8 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use crate::ports::CloudError;
+
 /// An EC2 instance id such as `i-0abc123`.
 pub type InstanceId = String;
 
@@ -139,7 +141,68 @@ pub struct Group {
     pub capacity_rebalance: bool,
 }
 
+/// A group's size bounds, and the one check of a desired capacity against them that every
+/// [`Cloud`](crate::ports::Cloud) makes (and the engine before it asks for a raise).
+///
+/// ```
+/// use spotguard_core::model::SizeBounds;
+/// use spotguard_core::ports::CloudError;
+/// let bounds = SizeBounds { min: 1, max: 3 };
+/// assert_eq!(bounds.check("web-spot", 3), Ok(()));
+/// assert!(matches!(bounds.check("web-spot", 4), Err(CloudError::AboveMax { max: 3, .. })));
+/// assert!(matches!(bounds.decrement("web-spot", 1), Err(CloudError::BelowMin { min: 1, .. })));
+/// assert_eq!(bounds.decrement("web-spot", 2), Ok(1));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SizeBounds {
+    /// Minimum size.
+    pub min: u32,
+    /// Maximum size.
+    pub max: u32,
+}
+
+impl SizeBounds {
+    /// `Ok` when `desired` is within the bounds of `group`; otherwise the error naming the group,
+    /// the value asked for and the bound it crosses.
+    pub fn check(&self, group: &str, desired: u32) -> Result<(), CloudError> {
+        if desired > self.max {
+            return Err(CloudError::AboveMax {
+                group: group.to_string(),
+                desired,
+                max: self.max,
+            });
+        }
+        if desired < self.min {
+            return Err(CloudError::BelowMin {
+                group: group.to_string(),
+                desired,
+                min: self.min,
+            });
+        }
+        Ok(())
+    }
+
+    /// The desired capacity after removing one instance from `desired`
+    /// (`ShouldDecrementDesiredCapacity`), checked like [`check`](Self::check).
+    pub fn decrement(&self, group: &str, desired: u32) -> Result<u32, CloudError> {
+        let lowered = desired.checked_sub(1).ok_or_else(|| CloudError::BelowMin {
+            group: group.to_string(),
+            desired: 0,
+            min: self.min,
+        })?;
+        self.check(group, lowered).map(|()| lowered)
+    }
+}
+
 impl Group {
+    /// The group's size bounds.
+    pub fn bounds(&self) -> SizeBounds {
+        SizeBounds {
+            min: self.min,
+            max: self.max,
+        }
+    }
+
     /// Number of instances that are `InService` and `Healthy`.
     pub fn serving_count(&self) -> u32 {
         self.instances.iter().filter(|i| i.is_serving()).count() as u32
@@ -617,5 +680,51 @@ impl ClusterSnapshot {
         self.pods
             .iter()
             .filter(move |p| p.node.as_deref() == Some(node))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bounds_check_names_the_group_the_value_and_the_bound() {
+        let b = SizeBounds { min: 1, max: 3 };
+        assert_eq!(b.check("g", 1), Ok(()));
+        assert_eq!(b.check("g", 3), Ok(()));
+        assert_eq!(
+            b.check("g", 4),
+            Err(CloudError::AboveMax {
+                group: "g".into(),
+                desired: 4,
+                max: 3
+            })
+        );
+        assert_eq!(
+            b.check("g", 0),
+            Err(CloudError::BelowMin {
+                group: "g".into(),
+                desired: 0,
+                min: 1
+            })
+        );
+        assert_eq!(b.decrement("g", 3), Ok(2));
+        assert_eq!(
+            b.decrement("g", 1),
+            Err(CloudError::BelowMin {
+                group: "g".into(),
+                desired: 0,
+                min: 1
+            })
+        );
+        let empty = SizeBounds { min: 0, max: 0 };
+        assert!(matches!(
+            empty.decrement("g", 0),
+            Err(CloudError::BelowMin {
+                desired: 0,
+                min: 0,
+                ..
+            })
+        ));
     }
 }

@@ -18,6 +18,8 @@
 //! - [`NodeEvents`] — Kubernetes Events on nodes for what Spot Guard did.
 //! - [`ConfigMapStatusStore`] — the monitor's latest verdicts and the recent actions, beside
 //!   the ledger, for `spotguard status`.
+//! - [`TokioClock`] — the [`spotguard_core::ports::Clock`] port on the OS clock and tokio's
+//!   timers.
 //! - [`notice`] — the hand-over of a notice from an agent (which may write only its own
 //!   Node) to the controller, recorded on that Node.
 //!
@@ -36,6 +38,7 @@
 #![warn(missing_docs)]
 
 pub mod cache;
+pub mod clock;
 pub mod cluster;
 pub mod drain;
 pub mod error;
@@ -49,6 +52,7 @@ pub mod status_store;
 pub mod taint;
 
 pub use cache::{CacheScope, SnapshotCache};
+pub use clock::TokioClock;
 pub use cluster::{KubeCluster, KubeClusterOptions};
 pub use error::Error;
 pub use events::NodeEvents;

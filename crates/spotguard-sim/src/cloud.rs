@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use super::scenario::{Capacity, CloudSettings, InstanceType, Scenario};
 use super::world::{Happening, Shared, World};
 use spotguard_core::model::{
-    Activity, ActivityStatus, Group, HealthStatus, Instance, InstanceId, LifecycleState,
+    Activity, ActivityStatus, Group, HealthStatus, Instance, InstanceId, LifecycleState, SizeBounds,
 };
 use spotguard_core::ports::{Cloud, CloudError};
 
@@ -45,6 +45,15 @@ pub(crate) struct GroupState {
     /// A launch retry is scheduled.
     pub retry_pending: bool,
     node_seq: u32,
+}
+
+impl GroupState {
+    fn bounds(&self) -> SizeBounds {
+        SizeBounds {
+            min: self.min,
+            max: self.max,
+        }
+    }
 }
 
 /// One instance.
@@ -389,20 +398,7 @@ impl World {
                 group: name.to_string(),
             })?;
         let g = &mut self.cloud.groups[group];
-        if desired > g.max {
-            return Err(CloudError::AboveMax {
-                group: name.to_string(),
-                desired,
-                max: g.max,
-            });
-        }
-        if desired < g.min {
-            return Err(CloudError::BelowMin {
-                group: name.to_string(),
-                desired,
-                min: g.min,
-            });
-        }
+        g.bounds().check(name, desired)?;
         g.desired = desired;
         self.reconcile(group, now);
         Ok(())
@@ -419,14 +415,7 @@ impl World {
         let group = inst.group;
         let g = &mut self.cloud.groups[group];
         if decrement {
-            if g.desired == g.min {
-                return Err(CloudError::BelowMin {
-                    group: g.name.clone(),
-                    desired: g.desired.saturating_sub(1),
-                    min: g.min,
-                });
-            }
-            g.desired -= 1;
+            g.desired = g.bounds().decrement(&g.name, g.desired)?;
         }
         let how = if decrement {
             "terminated by request, desired capacity decremented"

@@ -23,13 +23,14 @@ use super::cloud::SimCloud;
 use super::cluster::SimCluster;
 use super::report::{Comparison, LedgerEnd, NodeCount, RunReport, Source, Summary, TimelineEntry};
 use super::scenario::{clock_text, Capacity, EventKind, Scenario};
-use super::store::MemoryStore;
 use super::world::{Happening, Shared, World};
+use async_trait::async_trait;
 use spotguard_core::config::DrainOptions;
-use spotguard_core::engine::Engine;
+use spotguard_core::engine::{Engine, Error as EngineError, MonitorHooks, TickReport};
 use spotguard_core::events::{Check, Event, Observer};
 use spotguard_core::ledger::EntryKind;
 use spotguard_core::lock::LocalScaleLock;
+use spotguard_core::memory::MemoryLedgerStore;
 use spotguard_core::model::{InstanceId, LifecycleState};
 use spotguard_core::notice::{Notice, NoticeKind};
 use spotguard_core::ports::{Clock, Cluster};
@@ -73,7 +74,7 @@ pub struct Progress {
     pub total: Duration,
 }
 
-type SimEngine = Engine<SimCloud, SimCluster, SimClock, MemoryStore, LocalScaleLock>;
+type SimEngine = Engine<SimCloud, SimCluster, SimClock, MemoryLedgerStore, LocalScaleLock>;
 
 /// Runs the scenario under one strategy.
 ///
@@ -224,7 +225,7 @@ struct Driver {
     clock: SimClock,
     world: Shared,
     pool: LocalPool,
-    store: MemoryStore,
+    store: MemoryLedgerStore,
     tasks: Vec<AbortHandle>,
     noticed: HashSet<InstanceId>,
     start: SystemTime,
@@ -272,7 +273,7 @@ impl Driver {
             clock,
             world: Shared::new(world),
             pool: LocalPool::new(),
-            store: MemoryStore::default(),
+            store: MemoryLedgerStore::default(),
             tasks: Vec::new(),
             noticed: HashSet::new(),
             start,
@@ -308,8 +309,8 @@ impl Driver {
         }
     }
 
-    /// Starts (or restarts) Spot Guard: a new engine over the same ledger store, which
-    /// recovers the ledger, then the monitor and cleanup loops.
+    /// Starts (or restarts) Spot Guard: a new engine over the same ledger store, running the
+    /// daemon's monitor loop ([`Engine::run_monitor`]: recovery, then ticks and cleanups).
     fn start_engine(&mut self) -> Arc<SimEngine> {
         let config = self.scenario.engine_config();
         let engine = Arc::new(
@@ -326,35 +327,10 @@ impl Driver {
                 last: Mutex::new(HashMap::new()),
             }),
         );
-        let (e, clock, world) = (engine.clone(), self.clock.clone(), self.world.clone());
-        let interval = config.timings.monitor_interval;
+        let (e, world) = (engine.clone(), self.world.clone());
         self.spawn(async move {
-            match e.recover().await {
-                Ok(open) if open > 0 => world.lock().note(
-                    Source::SpotGuard,
-                    format!("recovered the ledger: {open} open entries resume"),
-                ),
-                Ok(_) => {}
-                Err(err) => world
-                    .lock()
-                    .note(Source::SpotGuard, format!("ledger recovery failed: {err}")),
-            }
-            loop {
-                clock.sleep(interval).await;
-                if let Err(err) = e.monitor_tick().await {
-                    world
-                        .lock()
-                        .note(Source::SpotGuard, format!("monitor tick failed: {err}"));
-                }
-            }
-        });
-        let (e, clock) = (engine.clone(), self.clock.clone());
-        let interval = config.timings.cleanup_interval;
-        self.spawn(async move {
-            loop {
-                clock.sleep(interval).await;
-                let _ = e.cleanup().await;
-            }
+            e.run_monitor(futures::future::pending(), &TimelineHooks { world })
+                .await
         });
         engine
     }
@@ -618,6 +594,32 @@ impl Driver {
 
 /// The *no Spot Guard* baseline: what a plain termination handler does on the interruption
 /// notice — cordon, drain, nothing else.
+/// Notes in the timeline what the monitor loop reports: the entries a recovery resumes and
+/// failed steps.
+struct TimelineHooks {
+    world: Shared,
+}
+
+#[async_trait]
+impl MonitorHooks for TimelineHooks {
+    async fn recovered(&self, result: &Result<usize, EngineError>) {
+        let text = match result {
+            Ok(0) => return,
+            Ok(open) => format!("recovered the ledger: {open} open entries resume"),
+            Err(err) => format!("ledger recovery failed: {err}"),
+        };
+        self.world.lock().note(Source::SpotGuard, text);
+    }
+
+    async fn ticked(&self, result: &Result<TickReport, EngineError>) {
+        if let Err(err) = result {
+            self.world
+                .lock()
+                .note(Source::SpotGuard, format!("monitor tick failed: {err}"));
+        }
+    }
+}
+
 async fn termination_handler(
     cluster: SimCluster,
     world: Shared,

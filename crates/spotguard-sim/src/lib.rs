@@ -133,7 +133,6 @@ mod cluster;
 mod driver;
 mod report;
 mod scenario;
-mod store;
 mod world;
 
 pub use clock::{SimClock, Sleep};
@@ -147,4 +146,3 @@ pub use scenario::{
     clock_text, Capacity, CloudSettings, ClusterSettings, EventKind, GroupSpec, InstanceType,
     PdbSpec, Scenario, ScenarioError, TimelineEvent, Workload, WorkloadKind, BUILTIN, EXAMPLES,
 };
-pub use store::MemoryStore;

@@ -49,21 +49,26 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 struct Sim {
-    cloud: FakeCloud,
-    cluster: FakeCluster,
-    clock: TestClock,
-    store: MemStore,
+    cloud: MemoryCloud,
+    cluster: MemoryCluster,
+    clock: AutoClock,
+    store: MemoryLedgerStore,
     events: Arc<Recorder>,
 }
 
-type SimEngine<'a> =
-    Engine<&'a FakeCloud, &'a FakeCluster, &'a TestClock, &'a MemStore, &'a LocalScaleLock>;
+type SimEngine<'a> = Engine<
+    &'a MemoryCloud,
+    &'a MemoryCluster,
+    &'a AutoClock,
+    &'a MemoryLedgerStore,
+    &'a LocalScaleLock,
+>;
 
 impl Sim {
     fn new() -> Self {
-        let cloud = FakeCloud::new(&[("web-spot", SPOT_BASE, 20), ("web-od", 0, OD_MAX)]);
+        let cloud = MemoryCloud::new(&[("web-spot", SPOT_BASE, 20), ("web-od", 0, OD_MAX)]);
         cloud.st().groups.get_mut("web-spot").unwrap().min = SPOT_MIN;
-        let cluster = FakeCluster::default();
+        let cluster = MemoryCluster::default();
         cluster.sync_nodes(&cloud);
         for i in 0..SPOT_BASE {
             cluster.add_pod(&format!("web-{i}"), &format!("node-i-web-spot-{i}"), 300);
@@ -71,8 +76,8 @@ impl Sim {
         Self {
             cloud,
             cluster,
-            clock: TestClock::default(),
-            store: MemStore::default(),
+            clock: AutoClock::default(),
+            store: MemoryLedgerStore::default(),
             events: Arc::new(Recorder::default()),
         }
     }
@@ -236,7 +241,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     },
                 );
             }
-            Op::FailSave => *sim.store.fail_saves.lock().unwrap() = 1,
+            Op::FailSave => sim.store.fail_saves(1),
             Op::Tick { secs } => {
                 sim.pass(secs);
                 let _ = block_on(engine.monitor_tick());
@@ -252,7 +257,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
 
     // Convergence: faults cleared, spot back; the monitor settles everything.
     sim.cloud.st().fail_next.clear();
-    *sim.store.fail_saves.lock().unwrap() = 0;
+    sim.store.fail_saves(0);
     sim.cloud.st().spot_outage = false;
     sim.cloud.reconcile_all();
     engine = sim.engine(&lock);
@@ -379,7 +384,7 @@ impl Sim {
         sim.cloud.st().groups.get_mut("web-spot").unwrap().max = SPOT_MAX;
         sim.cloud.interleave = true;
         sim.cluster.interleave = true;
-        sim.store.interleave = true;
+        sim.store = sim.store.interleaved();
         sim
     }
 

@@ -18,27 +18,32 @@ use crate::model::{
 };
 use crate::ports::{MockCloud, MockCluster, PodOutcome, PodReport};
 
-type FakeEngine<'a> =
-    Engine<&'a FakeCloud, &'a FakeCluster, &'a TestClock, &'a MemStore, LocalScaleLock>;
+type FakeEngine<'a> = Engine<
+    &'a MemoryCloud,
+    &'a MemoryCluster,
+    &'a AutoClock,
+    &'a MemoryLedgerStore,
+    LocalScaleLock,
+>;
 
 struct World {
-    cloud: FakeCloud,
-    cluster: FakeCluster,
-    clock: TestClock,
-    store: MemStore,
+    cloud: MemoryCloud,
+    cluster: MemoryCluster,
+    clock: AutoClock,
+    store: MemoryLedgerStore,
     events: Arc<Recorder>,
 }
 
 impl World {
     fn new(spot: u32, od: u32) -> Self {
-        let cloud = FakeCloud::new(&[("web-spot", spot, 20), ("web-od", od, 10)]);
-        let cluster = FakeCluster::default();
+        let cloud = MemoryCloud::new(&[("web-spot", spot, 20), ("web-od", od, 10)]);
+        let cluster = MemoryCluster::default();
         cluster.sync_nodes(&cloud);
         Self {
             cloud,
             cluster,
-            clock: TestClock::default(),
-            store: MemStore::default(),
+            clock: AutoClock::default(),
+            store: MemoryLedgerStore::default(),
             events: Arc::new(Recorder::default()),
         }
     }
@@ -233,8 +238,8 @@ fn spot_replacement_calls_in_order() {
     // The wait also reads activities only when no instance showed up: not here.
     cloud.expect_scaling_activities().never();
 
-    let clock = TestClock::default();
-    let store = MemStore::default();
+    let clock = AutoClock::default();
+    let store = MemoryLedgerStore::default();
     let engine = Engine::new(
         test_config(),
         cloud,
@@ -281,8 +286,8 @@ fn unknown_instance_is_an_error_and_mutates_nothing() {
     let mut cluster = MockCluster::new();
     cluster.expect_taint().never();
     cluster.expect_drain().never();
-    let clock = TestClock::default();
-    let store = MemStore::default();
+    let clock = AutoClock::default();
+    let store = MemoryLedgerStore::default();
     let engine = Engine::new(
         test_config(),
         cloud,
@@ -313,8 +318,8 @@ fn instance_without_node_is_an_error_and_mutates_nothing() {
     let mut cluster = MockCluster::new();
     cluster.expect_snapshot().returning(|| Ok(Arc::default()));
     cluster.expect_taint().never();
-    let clock = TestClock::default();
-    let store = MemStore::default();
+    let clock = AutoClock::default();
+    let store = MemoryLedgerStore::default();
     let engine = Engine::new(
         test_config(),
         cloud,
@@ -340,8 +345,8 @@ fn monitor_with_empty_ledger_makes_no_calls() {
     cloud.expect_scaling_activities().never();
     let mut cluster = MockCluster::new();
     cluster.expect_snapshot().never();
-    let clock = TestClock::default();
-    let store = MemStore::default();
+    let clock = AutoClock::default();
+    let store = MemoryLedgerStore::default();
     let engine = Engine::new(
         test_config(),
         cloud,
@@ -744,17 +749,11 @@ fn stable_and_safe_scales_down_exactly_once() {
 fn unsafe_scale_down_waits() {
     let (w, instance, _) = after_fallback();
     // A pod that fits nowhere else: only the on-demand node has room for 5000m.
-    w.cluster
-        .snap
-        .lock()
-        .unwrap()
-        .nodes
-        .iter_mut()
-        .for_each(|n| {
-            if n.instance_id.as_deref() == Some(instance.as_str()) {
-                n.allocatable.cpu_millis = 8000;
-            }
-        });
+    w.cluster.edit().nodes.iter_mut().for_each(|n| {
+        if n.instance_id.as_deref() == Some(instance.as_str()) {
+            n.allocatable.cpu_millis = 8000;
+        }
+    });
     w.cluster.add_pod("huge", &format!("node-{instance}"), 5000);
     w.settle(Duration::from_secs(700));
     recover_spot(&w);
@@ -1007,7 +1006,7 @@ fn pending_entry_is_settled_on_recovery() {
             },
             now,
         );
-        *w.store.inner.lock().unwrap() = (l, 1);
+        w.store.replace(l);
         (id, raised)
     };
     let engine = w.engine();
@@ -1042,12 +1041,12 @@ fn fallback_without_instance_is_settled_when_stale() {
     // The fake's groups named "*spot*" follow the spot outage switches; an on-demand group so
     // named launches nothing while `spot_silent` holds, like a group whose launches hang.
     let mut config = test_config();
-    let cloud = FakeCloud::new(&[("web-spot", 1, 10), ("web-spot-od", 0, 10)]);
+    let cloud = MemoryCloud::new(&[("web-spot", 1, 10), ("web-spot-od", 0, 10)]);
     cloud.st().spot_silent = true;
-    let cluster = FakeCluster::default();
+    let cluster = MemoryCluster::default();
     cluster.sync_nodes(&cloud);
-    let clock = TestClock::default();
-    let store = MemStore::default();
+    let clock = AutoClock::default();
+    let store = MemoryLedgerStore::default();
     config.groups[0].on_demand = "web-spot-od".into();
     let engine = Engine::new(
         config,
@@ -1083,7 +1082,7 @@ fn fallback_without_instance_is_settled_when_stale() {
 fn ledger_conflicts_are_retried() {
     let w = World::new(2, 0);
     w.cloud.st().spot_outage = true;
-    *w.store.conflicts.lock().unwrap() = 3;
+    w.store.inject_conflicts(3);
     block_on(w.engine().handle_rebalance(&w.notice("i-web-spot-1"))).unwrap();
     let l = w.store.ledger();
     assert_eq!(
@@ -1256,9 +1255,7 @@ fn interrupt_and_drain_without_scaling(w: &World) {
 fn interruption_of_an_instance_in_no_configured_group_still_drains() {
     let w = World::new(1, 0);
     w.cluster
-        .snap
-        .lock()
-        .unwrap()
+        .edit()
         .nodes
         .push(node_for("i-stray", CapacityType::Spot));
     w.cluster.add_pod("batch-0", "node-i-stray", 100);
@@ -1425,4 +1422,90 @@ fn a_retried_interruption_stops_before_its_deadline() {
         .events()
         .iter()
         .any(|(_, e)| matches!(e, Event::NoticeAbandoned { .. })));
+}
+
+/// Records the monitor loop's steps with their times; overruns its third tick by 45 s and
+/// asks the loop to stop after its 25th.
+struct StepLog<'a> {
+    clock: &'a AutoClock,
+    steps: std::sync::Mutex<Vec<(&'static str, u64)>>,
+    stop: std::sync::atomic::AtomicBool,
+}
+
+impl StepLog<'_> {
+    fn note(&self, step: &'static str) -> usize {
+        let at = self
+            .clock
+            .now()
+            .duration_since(crate::memory::start_time())
+            .unwrap()
+            .as_secs();
+        let mut steps = self.steps.lock().unwrap();
+        steps.push((step, at));
+        steps.iter().filter(|(s, _)| *s == step).count()
+    }
+}
+
+#[async_trait::async_trait]
+impl MonitorHooks for StepLog<'_> {
+    async fn recovered(&self, result: &Result<usize, Error>) {
+        assert_eq!(result, &Ok(0));
+        self.note("recover");
+    }
+
+    async fn ticked(&self, result: &Result<TickReport, Error>) {
+        assert!(result.is_ok(), "{result:?}");
+        let n = self.note("tick");
+        if n == 3 {
+            self.clock.advance(Duration::from_secs(45));
+        }
+        if n == 25 {
+            self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    async fn cleaned(&self, result: &Result<usize, Error>) {
+        assert_eq!(result, &Ok(0));
+        self.note("cleanup");
+    }
+}
+
+#[test]
+fn the_monitor_loop_recovers_ticks_at_once_and_every_interval_cleans_up_between_and_stops_between_steps(
+) {
+    let w = World::new(2, 0);
+    let engine = w.engine();
+    let log = StepLog {
+        clock: &w.clock,
+        steps: Default::default(),
+        stop: Default::default(),
+    };
+    let stop = futures::future::poll_fn(|_| {
+        if log.stop.load(std::sync::atomic::Ordering::SeqCst) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    });
+    block_on(engine.run_monitor(stop, &log));
+    // Ticks every 30 s from the start; the third overran to 105 s, so the next ran at once and
+    // the rest count from there; the cleanup came at 600 s, between two ticks; no step ran
+    // after the stop.
+    let mut expected = vec![("recover", 0), ("tick", 0), ("tick", 30), ("tick", 60)];
+    for k in 0..22u64 {
+        let at = 105 + 30 * k;
+        if at > 600 && !expected.contains(&("cleanup", 600)) {
+            expected.push(("cleanup", 600));
+        }
+        expected.push(("tick", at));
+    }
+    assert_eq!(*log.steps.lock().unwrap(), expected);
+    assert_eq!(
+        w.clock
+            .now()
+            .duration_since(crate::memory::start_time())
+            .unwrap()
+            .as_secs(),
+        735
+    );
 }
