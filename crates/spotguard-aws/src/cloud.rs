@@ -501,7 +501,8 @@ fn unknown_group(group: &str) -> CloudError {
     }
 }
 
-pub(crate) fn map_group(g: &sdk::AutoScalingGroup) -> Group {
+/// The model of an SDK `AutoScalingGroup` (as `DescribeAutoScalingGroups` answers).
+pub fn map_group(g: &sdk::AutoScalingGroup) -> Group {
     let count = |v: Option<i32>| v.and_then(|v| u32::try_from(v).ok()).unwrap_or(0);
     Group {
         name: g.auto_scaling_group_name().unwrap_or_default().to_string(),

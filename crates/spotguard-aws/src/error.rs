@@ -8,6 +8,7 @@ use spotguard_core::ports::CloudError;
 
 /// An error of the AWS adapter.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum AwsError {
     /// The start-up check found configured groups that do not exist in the account and region.
     #[error("auto scaling groups not found: {}", groups.join(", "))]

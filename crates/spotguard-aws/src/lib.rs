@@ -9,9 +9,9 @@
 //! * [`NoticeWatcher`]: polls the instance metadata service (IMDSv2) for rebalance
 //!   recommendations and spot interruption notices and emits each
 //!   [`Notice`](spotguard_core::notice::Notice) once, across polls and restarts.
-//! * With the `test-util` feature, `testing`: moto in server mode, a fault-injection proxy in
-//!   front of it and a local IMDS server, for this crate's tests and other crates' end-to-end
-//!   tests.
+//!
+//! The crate is tested against moto in server mode, a fault-injection proxy in front of it and
+//! a local IMDS server, from the unpublished `spotguard-testkit-aws` crate.
 //!
 //! What it is **not**: it makes no decision. When to scale, fall back, drain or give capacity
 //! back is decided by `spotguard-core`; this crate turns SDK objects into core model types and
@@ -25,8 +25,6 @@ pub mod cloud;
 pub mod error;
 pub mod imds;
 pub mod notice;
-#[cfg(feature = "test-util")]
-pub mod testing;
 
 pub use calls::{ApiCallCounter, CallSnapshot, OperationCalls};
 pub use cloud::{AwsCloud, AwsCloudBuilder};

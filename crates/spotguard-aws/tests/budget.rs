@@ -2,8 +2,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use spotguard_aws::testing::{GroupSpec, TestCloud};
 use spotguard_core::ports::Cloud;
+use spotguard_testkit_aws::{GroupSpec, TestCloud};
 
 async fn groups(t: &TestCloud, count: usize) -> Vec<String> {
     let mut names = Vec::with_capacity(count);

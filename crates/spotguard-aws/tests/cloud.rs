@@ -2,10 +2,10 @@
 
 use std::time::{Duration, SystemTime};
 
-use spotguard_aws::testing::{ErrorReply, GroupSpec, TestCloud, Until};
 use spotguard_aws::AwsError;
 use spotguard_core::model::{ActivityStatus, HealthStatus, LifecycleState};
 use spotguard_core::ports::{Cloud, CloudError};
+use spotguard_testkit_aws::{ErrorReply, GroupSpec, TestCloud, Until};
 
 fn names(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()

@@ -2,9 +2,9 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use spotguard_aws::testing::{free_port, ImdsServer};
 use spotguard_aws::{AwsError, NoticeWatcher, NoticeWatcherBuilder};
 use spotguard_core::notice::NoticeKind;
+use spotguard_testkit_aws::{free_port, ImdsServer};
 use tokio::sync::{mpsc, oneshot};
 
 const INSTANCE: &str = "i-0spotguard000001";

@@ -29,7 +29,7 @@ mod harness;
 use std::time::{Duration, Instant, SystemTime};
 
 use harness::{World, ON_DEMAND, SPOT};
-use spotguard_aws::testing::{GroupSpec, ImdsServer};
+use spotguard_testkit_aws::{GroupSpec, ImdsServer};
 
 const POLL: Duration = Duration::from_secs(2);
 

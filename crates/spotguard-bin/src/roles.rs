@@ -27,9 +27,7 @@ use k8s_openapi::api::core::v1::Node as KNode;
 use kube::Api;
 use spotguard_aws::NoticeWatcher;
 use spotguard_core::config::NoticeRetry;
-use spotguard_core::engine::{
-    Error as EngineError, MonitorHooks, RebalanceOutcome, Replacement, TickReport,
-};
+use spotguard_core::engine::{Error as EngineError, MonitorHooks, RebalanceOutcome, TickReport};
 use spotguard_core::model::Taint;
 use spotguard_core::notice::{Notice, NoticeKind};
 use spotguard_k8s::notice::{
@@ -379,18 +377,7 @@ async fn handle_notice(engine: &DaemonEngine, notice: Notice) -> bool {
             drain,
             paid_back,
         }) => {
-            let replaced_by = match &replacement {
-                Replacement::Spot { instance } => format!("spot instance {instance}"),
-                Replacement::OnDemand { instance, entry } => {
-                    format!("on-demand instance {instance} ({entry})")
-                }
-                Replacement::Launching { group } => {
-                    format!("an instance still launching in {group}")
-                }
-                Replacement::NotAttempted => "nothing (drain-only)".into(),
-                Replacement::Skipped { reason } => format!("nothing asked for: {reason}"),
-                Replacement::None { reason } => format!("nothing: {reason}"),
-            };
+            let replaced_by = replacement.to_string();
             let drained = match &drain {
                 Some(report) if report.is_complete() => {
                     format!("drained ({} pods evicted)", report.evicted())

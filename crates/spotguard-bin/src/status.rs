@@ -269,10 +269,7 @@ fn assemble(
     let entries = entries
         .into_iter()
         .map(|entry| {
-            let owed_instance = match entry.kind {
-                EntryKind::Prescale => Some(entry.at_risk_instance.clone()),
-                EntryKind::Fallback | EntryKind::Surplus => entry.instance.clone(),
-            };
+            let owed_instance = entry.owed_instance().map(str::to_string);
             let node = owed_instance.as_ref().and_then(|i| nodes.get(i)).cloned();
             let verdict = record.as_ref().and_then(|r| r.latest(&entry.id)).cloned();
             EntryStatus {
@@ -369,7 +366,7 @@ pub fn render(report: &Report, now: SystemTime) -> String {
         for e in &report.entries {
             let pool = match e.entry.kind {
                 EntryKind::Fallback => format!("{} -> {}", e.entry.spot_group, e.entry.group),
-                EntryKind::Prescale | EntryKind::Surplus => e.entry.group.clone(),
+                _ => e.entry.group.clone(),
             };
             rows.push(vec![
                 e.entry.id.clone(),

@@ -11,8 +11,8 @@ mod harness;
 use std::time::Duration;
 
 use harness::{eventually, node_name, run_cli, standard_groups, World, SPOT};
-use spotguard_aws::testing::ImdsServer;
 use spotguard_k8s::notice::NOTICE_ANNOTATION;
+use spotguard_testkit_aws::ImdsServer;
 
 /// A request's path without its query.
 fn path_of(path: &str) -> &str {

@@ -10,8 +10,8 @@ mod harness;
 use std::time::{Duration, SystemTime};
 
 use harness::{eventually, node_name, reach_fallback, World, ON_DEMAND, SPOT};
-use spotguard_aws::testing::{GroupSpec, ImdsServer};
 use spotguard_core::ledger::{EntryKind, EntryState};
+use spotguard_testkit_aws::{GroupSpec, ImdsServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_agents_raise_the_group_once_each() {

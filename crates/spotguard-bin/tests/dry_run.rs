@@ -8,7 +8,7 @@ mod harness;
 use std::time::Duration;
 
 use harness::{eventually, node_name, standard_groups, World, LEDGER, ON_DEMAND, SPOT};
-use spotguard_aws::testing::ImdsServer;
+use spotguard_testkit_aws::ImdsServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_decides_and_logs_but_changes_nothing() {

@@ -21,8 +21,8 @@ use harness::{
     ON_DEMAND, SPOT,
 };
 use serde_json::Value;
-use spotguard_aws::testing::ImdsServer;
 use spotguard_core::ledger::{EntryKind, EntryState, Ledger};
+use spotguard_testkit_aws::ImdsServer;
 
 fn ledger_from(configmap: &Value) -> Ledger {
     let text = configmap["data"]["ledger.json"]

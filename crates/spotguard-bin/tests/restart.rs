@@ -12,8 +12,8 @@ use harness::{
     eventually, fallback_given_back, node_name, reach_fallback, standard_groups, World,
     LEADER_LEASE, LEDGER, ON_DEMAND, SPOT,
 };
-use spotguard_aws::testing::ImdsServer;
 use spotguard_core::ledger::EntryState;
+use spotguard_testkit_aws::ImdsServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_controller_killed_mid_scale_down_is_resumed_exactly_once() {

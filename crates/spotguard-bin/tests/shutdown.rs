@@ -9,8 +9,8 @@ mod harness;
 use std::time::{Duration, Instant, SystemTime};
 
 use harness::{eventually, node_name, standard_groups, World, SPOT};
-use spotguard_aws::testing::ImdsServer;
 use spotguard_core::ledger::{EntryKind, EntryState};
+use spotguard_testkit_aws::ImdsServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_held_drain_abandons_the_step_within_the_bound() {

@@ -8,7 +8,7 @@ mod harness;
 use std::time::Duration;
 
 use harness::{run_cli, standard_groups, World, LEDGER, SPOT};
-use spotguard_aws::testing::{free_port, ImdsServer};
+use spotguard_testkit_aws::{free_port, ImdsServer};
 
 /// The one line on stderr (logs go to stdout).
 fn one_line(stderr: &str) -> &str {

@@ -18,7 +18,7 @@ use harness::{
     SPOT,
 };
 use serde_json::Value;
-use spotguard_aws::testing::ImdsServer;
+use spotguard_testkit_aws::ImdsServer;
 
 /// `spotguard status --kubeconfig <admin> -n <namespace> <args>`: (success, stdout, stderr).
 async fn status(world: &World, args: &[&str]) -> (bool, String, String) {

@@ -11,6 +11,7 @@ use crate::predicates::Verdict;
 
 /// Which predicate a verdict comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Check {
     /// [`health()`](crate::predicates::health()).
     Health,
@@ -22,6 +23,7 @@ pub enum Check {
 
 /// One thing the engine decided or did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Event {
     /// A notice arrived.
     NoticeReceived {

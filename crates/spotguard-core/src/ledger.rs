@@ -27,6 +27,7 @@ use crate::model::InstanceId;
 /// What a ledger entry stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum EntryKind {
     /// An on-demand instance launched because spot capacity failed; the monitor gives it back.
     Fallback,
@@ -123,6 +124,7 @@ pub struct Entry {
 /// A payback call in flight.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum Payback {
     /// Terminating this instance with decrement.
     Terminate {
@@ -150,6 +152,16 @@ impl Entry {
     /// Whether capacity may still be owed (not released).
     pub fn is_open(&self) -> bool {
         self.state != EntryState::Released
+    }
+
+    /// The instance whose removal pays the entry back: the at-risk instance of a pre-scale
+    /// (its drain and termination undo the +1), the launched instance of a fallback or a
+    /// surplus (once known).
+    pub fn owed_instance(&self) -> Option<&str> {
+        match self.kind {
+            EntryKind::Prescale => Some(&self.at_risk_instance),
+            EntryKind::Fallback | EntryKind::Surplus => self.instance.as_deref(),
+        }
     }
 }
 

@@ -16,6 +16,7 @@ pub type InstanceId = String;
 
 /// Lifecycle state of an instance in an Auto Scaling group, as Auto Scaling reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum LifecycleState {
     /// `Pending`: launching.
     Pending,
@@ -223,6 +224,7 @@ impl Group {
 
 /// Status code of a scaling activity.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum ActivityStatus {
     /// Any of the waiting / in-progress codes (`PendingSpotBidPlacement`, `InProgress`,
     /// `PreInService`, `MidLifecycleAction`, ...).

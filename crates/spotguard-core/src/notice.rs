@@ -10,6 +10,10 @@ use serde::{Deserialize, Serialize};
 use crate::model::InstanceId;
 
 /// What EC2 said.
+///
+/// Deliberately exhaustive, unlike the other public enums: every adapter that receives or
+/// records a notice must handle each kind, so a new kind is a breaking change that the
+/// compiler points out wherever one is handled.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NoticeKind {
     /// `/latest/meta-data/events/recommendations/rebalance`: the instance is at elevated risk

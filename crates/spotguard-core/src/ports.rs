@@ -16,6 +16,7 @@ use crate::view::ClusterView;
 
 /// Errors of the [`Cloud`] port.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum CloudError {
     /// The group does not exist.
     #[error("auto scaling group {group:?} does not exist")]
@@ -88,6 +89,7 @@ pub trait Cloud: Send + Sync {
 
 /// Errors of the [`Cluster`] port.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClusterError {
     /// The node does not exist.
     #[error("node {node:?} does not exist")]
@@ -117,6 +119,7 @@ pub enum ClusterError {
 
 /// Why a pod was left in place by a drain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum SkipReason {
     /// Owned by a DaemonSet.
     DaemonSet,
@@ -128,6 +131,7 @@ pub enum SkipReason {
 
 /// What happened to one pod in a drain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum PodOutcome {
     /// Evicted and gone.
     Evicted,
@@ -239,6 +243,7 @@ pub trait Clock: Send + Sync {
 
 /// Errors of the [`LedgerStore`] port.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// Someone else saved since this version was loaded.
     #[error("ledger was changed concurrently (expected version {expected:?})")]

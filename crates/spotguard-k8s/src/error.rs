@@ -5,6 +5,7 @@ use spotguard_core::ports::{ClusterError, LockError, StoreError};
 /// Everything that can go wrong in the Kubernetes adapter. Every variant names the object
 /// (`node/ip-10-0-0-1`, `pod default/web-1`, `configmap spotguard/ledger`, ...) it is about.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A resource quantity (`100m`, `1.5Gi`, ...) could not be read.
     #[error("{object}: {field} is not a valid quantity ({value:?}): {reason}")]

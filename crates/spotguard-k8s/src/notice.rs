@@ -34,6 +34,7 @@ pub const NOTICE_ANNOTATION: &str = "spotguard.dev/notice";
 /// What EC2 announced, as recorded on the node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum RecordKind {
     /// A rebalance recommendation.
     Rebalance,

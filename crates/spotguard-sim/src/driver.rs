@@ -42,6 +42,7 @@ const START_SECS: u64 = 1_767_225_600;
 /// What runs the cluster in a simulation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum Strategy {
     /// Spot Guard's engine handles notices and gives fallbacks back.
     SpotGuard,

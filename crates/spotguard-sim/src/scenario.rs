@@ -61,6 +61,7 @@ pub const EXAMPLES: &[(&str, &str)] = &[
 
 /// A scenario that could not be read, parsed or validated. Every variant names the file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ScenarioError {
     /// The file could not be read.
     #[error("cannot read scenario {file}: {message}")]
@@ -336,6 +337,7 @@ impl PdbSpec {
 /// What happens at a point of the timeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum EventKind {
     /// EC2 sends rebalance recommendations to `count` instances of the group.
     Rebalance,

@@ -29,9 +29,9 @@ use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::{json, Value};
-use spotguard_aws::testing::{free_port, FaultProxy, GroupSpec, ImdsServer, MotoServer};
 use spotguard_core::ledger::{EntryState, Ledger};
 use spotguard_core::model::Group;
+use spotguard_testkit_aws::{free_port, FaultProxy, GroupSpec, ImdsServer, MotoServer};
 use spotguard_testkit_k8s::{
     node_is_ready, pod_is_ready, unique_name, ApiFaultProxy, ControlPlane, NodeBuilder,
 };
@@ -140,8 +140,8 @@ impl World {
             .iter()
             .map(|s| {
                 let capacity = match s.capacity {
-                    spotguard_aws::testing::Capacity::Spot => "SPOT",
-                    spotguard_aws::testing::Capacity::OnDemand => "ON_DEMAND",
+                    spotguard_testkit_aws::Capacity::Spot => "SPOT",
+                    spotguard_testkit_aws::Capacity::OnDemand => "ON_DEMAND",
                 };
                 (s.name.clone(), capacity)
             })
@@ -1067,7 +1067,7 @@ pub async fn reach_fallback(world: &World, imds: &ImdsServer, at_risk: &str) -> 
     world.proxy.delay_in_service(
         SPOT,
         &spot_before.instance_ids(),
-        spotguard_aws::testing::Until::Cleared,
+        spotguard_testkit_aws::Until::Cleared,
     );
     imds.set_rebalance(
         &humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),

@@ -45,6 +45,7 @@ const LEDGER_ATTEMPTS: u32 = 16;
 
 /// Errors the flows return. Each names the instance, group or node it is about.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A cloud call failed.
     #[error(transparent)]
@@ -112,6 +113,7 @@ impl Error {
 
 /// What stood in for the at-risk instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Replacement {
     /// A new spot instance.
     Spot {
@@ -144,6 +146,25 @@ pub enum Replacement {
         /// Why.
         reason: String,
     },
+}
+
+/// How a log line or a status names what stood in: `spot instance i-1`, `on-demand instance
+/// i-2 (fb-1)`, `an instance still launching in web-spot`, `nothing (drain-only)`, ...
+impl std::fmt::Display for Replacement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Replacement::Spot { instance } => write!(f, "spot instance {instance}"),
+            Replacement::OnDemand { instance, entry } => {
+                write!(f, "on-demand instance {instance} ({entry})")
+            }
+            Replacement::Launching { group } => {
+                write!(f, "an instance still launching in {group}")
+            }
+            Replacement::NotAttempted => f.write_str("nothing (drain-only)"),
+            Replacement::Skipped { reason } => write!(f, "nothing asked for: {reason}"),
+            Replacement::None { reason } => write!(f, "nothing: {reason}"),
+        }
+    }
 }
 
 /// The result of phase 1 for one notice.

@@ -71,6 +71,7 @@ impl fmt::Display for Verdict {
 
 /// Why a predicate said wait. Each variant names the group, node, pod or PDB it is about.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Reason {
     /// The group was not in the cloud's answer.
     GroupMissing {

@@ -1,5 +1,7 @@
-//! Test support (feature `test-util`): real servers on 127.0.0.1 that the real SDK clients talk
-//! to over real HTTP.
+//! # spotguard-testkit-aws
+//!
+//! Test kit (unpublished) for Spot Guard's AWS side: real servers on 127.0.0.1 that the real
+//! SDK clients talk to over real HTTP.
 //!
 //! * [`MotoServer`]: moto in server mode (`python3 -m moto.server`) as a child process, with
 //!   helpers that create spot and on-demand groups ([`GroupSpec`]).
@@ -11,6 +13,8 @@
 //!
 //! Everything here panics with a clear message when a server cannot be started: a test that
 //! needs moto fails when moto is missing, it is never skipped.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod http;
 mod imds;
@@ -26,8 +30,8 @@ pub use imds::ImdsServer;
 pub use moto::{Capacity, GroupSpec, MotoServer};
 pub use proxy::{ErrorReply, FaultProxy, Until};
 
-use crate::cloud::AwsCloudBuilder;
-use crate::AwsCloud;
+use spotguard_aws::cloud::AwsCloudBuilder;
+use spotguard_aws::AwsCloud;
 
 /// Region used against moto.
 pub const TEST_REGION: &str = "us-east-1";
@@ -43,11 +47,11 @@ pub fn test_credentials() -> Credentials {
     )
 }
 
-/// The standard retry mode with [`crate::cloud::DEFAULT_MAX_ATTEMPTS`] attempts and backoffs of
+/// The standard retry mode with [`spotguard_aws::cloud::DEFAULT_MAX_ATTEMPTS`] attempts and backoffs of
 /// milliseconds instead of seconds, so retry tests stay fast.
 pub fn fast_retry_config() -> RetryConfig {
     RetryConfig::standard()
-        .with_max_attempts(crate::cloud::DEFAULT_MAX_ATTEMPTS)
+        .with_max_attempts(spotguard_aws::cloud::DEFAULT_MAX_ATTEMPTS)
         .with_initial_backoff(Duration::from_millis(5))
         .with_max_backoff(Duration::from_millis(50))
 }

@@ -221,7 +221,7 @@ impl MotoServer {
             });
         out.auto_scaling_groups()
             .first()
-            .map(crate::cloud::map_group)
+            .map(spotguard_aws::cloud::map_group)
             .unwrap_or_else(|| panic!("group {name} does not exist in moto"))
     }
 

@@ -8,7 +8,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request};
 
 use super::http::{reply, Listener, Reply};
-use crate::notice::{INSTANCE_ACTION_PATH, INSTANCE_ID_PATH, REBALANCE_PATH};
+use spotguard_aws::notice::{INSTANCE_ACTION_PATH, INSTANCE_ID_PATH, REBALANCE_PATH};
 
 const TOKEN_PATH: &str = "/latest/api/token";
 const TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";
