@@ -30,10 +30,10 @@ use spotguard_core::config::NoticeRetry;
 use spotguard_core::engine::{Error as EngineError, MonitorHooks, RebalanceOutcome, TickReport};
 use spotguard_core::model::Taint;
 use spotguard_core::notice::{Notice, NoticeKind};
+use spotguard_k8s::node_writes::WritePolicy;
 use spotguard_k8s::notice::{
     clear_notice, mark_node, pending_notices, NoticeRecord, NOTICE_ANNOTATION,
 };
-use spotguard_k8s::taint::WritePolicy;
 use spotguard_k8s::LeaderElector;
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};

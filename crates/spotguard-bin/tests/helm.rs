@@ -245,8 +245,8 @@ async fn the_charts_rbac_and_node_policy_allow_spot_guards_calls_and_refuse_the_
     use serde_json::json;
     use spotguard_core::model::{Taint, TaintEffect};
     use spotguard_core::notice::{Notice, NoticeKind};
+    use spotguard_k8s::node_writes::WritePolicy;
     use spotguard_k8s::notice::{mark_node, NOTICE_ANNOTATION};
-    use spotguard_k8s::taint::WritePolicy;
     use spotguard_testkit_k8s::{eventually, unique_name, NodeBuilder};
 
     let cp = ControlPlane::shared();

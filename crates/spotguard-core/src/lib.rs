@@ -59,3 +59,13 @@ pub mod ports;
 pub mod predicates;
 pub mod status;
 pub mod view;
+
+pub use config::{Config, GroupPair};
+pub use engine::{Engine, Error, MonitorHooks, RebalanceOutcome, Replacement, TickReport};
+pub use events::{Event, Observer};
+pub use ledger::{Entry, EntryKind, EntryState, Ledger};
+pub use lock::LocalScaleLock;
+pub use notice::{Notice, NoticeKind};
+pub use ports::{
+    Clock, Cloud, CloudError, Cluster, ClusterError, LedgerStore, LockError, ScaleLock, StoreError,
+};

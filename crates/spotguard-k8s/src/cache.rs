@@ -31,7 +31,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::error::Error;
-use crate::snapshot::{
+use crate::translate::{
     node_from_k8s, node_from_k8s_without_metadata, pdb_from_k8s, pod_from_k8s, CapacityLabels,
 };
 

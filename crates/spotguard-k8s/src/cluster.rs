@@ -15,8 +15,8 @@ use crate::cache::{CacheScope, SnapshotCache};
 use crate::drain;
 use crate::error::Error;
 use crate::events::NodeEvents;
-use crate::snapshot::CapacityLabels;
-use crate::taint::{self, WritePolicy};
+use crate::node_writes::{self, WritePolicy};
+use crate::translate::CapacityLabels;
 
 /// Settings of [`KubeCluster`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,7 +154,7 @@ impl Cluster for KubeCluster {
     }
 
     async fn taint(&self, node: &str, taint: &Taint) -> Result<(), ClusterError> {
-        let changed = taint::add_taint(&self.nodes, node, taint, self.options.writes)
+        let changed = node_writes::add_taint(&self.nodes, node, taint, self.options.writes)
             .await
             .map_err(|e| e.into_cluster_error("taint node", Some(node)))?;
         if changed {
@@ -171,7 +171,7 @@ impl Cluster for KubeCluster {
     }
 
     async fn untaint(&self, node: &str, key: &str) -> Result<(), ClusterError> {
-        let changed = taint::remove_taint(&self.nodes, node, key, self.options.writes)
+        let changed = node_writes::remove_taint(&self.nodes, node, key, self.options.writes)
             .await
             .map_err(|e| e.into_cluster_error("untaint node", Some(node)))?;
         if changed {
@@ -188,7 +188,7 @@ impl Cluster for KubeCluster {
 
     async fn set_unschedulable(&self, node: &str, unschedulable: bool) -> Result<(), ClusterError> {
         let changed =
-            taint::set_unschedulable(&self.nodes, node, unschedulable, self.options.writes)
+            node_writes::set_unschedulable(&self.nodes, node, unschedulable, self.options.writes)
                 .await
                 .map_err(|e| e.into_cluster_error("cordon node", Some(node)))?;
         if changed {
@@ -208,7 +208,7 @@ impl Cluster for KubeCluster {
         key: &str,
         value: Option<String>,
     ) -> Result<(), ClusterError> {
-        taint::set_annotation(
+        node_writes::set_annotation(
             &self.nodes,
             node,
             key,

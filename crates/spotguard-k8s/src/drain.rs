@@ -37,7 +37,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::error::{object_name, Error};
-use crate::snapshot::pod_from_k8s;
+use crate::translate::pod_from_k8s;
 
 /// Backoff between eviction attempts refused with 429 or 5xx.
 const RETRY_MIN: Duration = Duration::from_millis(200);

@@ -45,11 +45,11 @@ pub mod error;
 pub mod events;
 pub mod lease;
 pub mod ledger_store;
+pub mod node_writes;
 pub mod notice;
 pub mod quantity;
-pub mod snapshot;
 pub mod status_store;
-pub mod taint;
+pub mod translate;
 
 pub use cache::{CacheScope, SnapshotCache};
 pub use clock::TokioClock;

@@ -26,7 +26,7 @@ use spotguard_core::model::{InstanceId, Node, Taint};
 use spotguard_core::notice::{Notice, NoticeKind};
 
 use crate::error::{object_name, Error};
-use crate::taint::{annotation_ops, taint_ops, update_node, WritePolicy};
+use crate::node_writes::{annotation_ops, taint_ops, update_node, WritePolicy};
 
 /// The Node annotation in which an agent records the notice about its instance.
 pub const NOTICE_ANNOTATION: &str = "spotguard.dev/notice";

@@ -14,10 +14,10 @@ use kube::Api;
 use serde_json::json;
 use spotguard_core::model::{Taint, TaintEffect};
 use spotguard_core::notice::{Notice, NoticeKind};
+use spotguard_k8s::node_writes::WritePolicy;
 use spotguard_k8s::notice::{
     clear_notice, mark_node, pending_notices, NoticeRecord, NOTICE_ANNOTATION,
 };
-use spotguard_k8s::taint::WritePolicy;
 use spotguard_k8s::KubeCluster;
 use spotguard_testkit_k8s::{eventually, ApiFaultProxy};
 
