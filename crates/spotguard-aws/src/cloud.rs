@@ -38,7 +38,7 @@ use aws_sdk_autoscaling::Client;
 use spotguard_core::model::{
     Activity, ActivityStatus, Group, HealthStatus, Instance, LifecycleState, SizeBounds,
 };
-use spotguard_core::ports::{Cloud, CloudError};
+use spotguard_core::ports::{Cloud, CloudError, ErrorSource};
 
 use crate::calls::ApiCallCounter;
 use crate::error::AwsError;
@@ -281,7 +281,7 @@ impl AwsCloud {
                     .set_next_token(next_token.take())
                     .send()
                     .await
-                    .map_err(|e| api_error("DescribeAutoScalingGroups", &target_of(chunk), &e))?;
+                    .map_err(|e| api_error("DescribeAutoScalingGroups", &target_of(chunk), e))?;
                 for group in page.auto_scaling_groups() {
                     let group = map_group(group);
                     found.insert(group.name.clone(), group);
@@ -337,7 +337,7 @@ impl AwsCloud {
                 api_error(
                     "DescribeAutoScalingInstances",
                     &format!("instance {instance}"),
-                    &e,
+                    e,
                 )
             })?;
         out.auto_scaling_instances()
@@ -378,7 +378,7 @@ impl Cloud for AwsCloud {
         if let Err(e) = result {
             // The bounds may be what the service refused: read them again next time.
             self.bounds().remove(group);
-            return Err(group_error("SetDesiredCapacity", group, &e));
+            return Err(group_error("SetDesiredCapacity", group, e));
         }
         Ok(())
     }
@@ -406,7 +406,7 @@ impl Cloud for AwsCloud {
                     api_error(
                         "TerminateInstanceInAutoScalingGroup",
                         &format!("instance {instance} of group {group}"),
-                        &e,
+                        e,
                     )
                 }
             })?;
@@ -438,8 +438,8 @@ impl Cloud for AwsCloud {
                 .send()
                 .await
                 .map_err(|e| match &single {
-                    Some(group) => group_error("DescribeScalingActivities", group, &e),
-                    None => api_error("DescribeScalingActivities", &target, &e),
+                    Some(group) => group_error("DescribeScalingActivities", group, e),
+                    None => api_error("DescribeScalingActivities", &target, e),
                 })?;
             // Activities come newest first: once one started before `since`, later pages
             // only hold older ones.
@@ -566,12 +566,12 @@ const RETRYABLE_CODES: &[&str] = &[
 fn group_error<E>(
     operation: &str,
     group: &str,
-    err: &SdkError<E, aws_sdk_autoscaling::config::http::HttpResponse>,
+    err: SdkError<E, aws_sdk_autoscaling::config::http::HttpResponse>,
 ) -> CloudError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    if is_not_found(err) {
+    if is_not_found(&err) {
         return unknown_group(group);
     }
     api_error(operation, &format!("group {group}"), err)
@@ -592,11 +592,12 @@ where
 fn api_error<E>(
     operation: &str,
     target: &str,
-    err: &SdkError<E, aws_sdk_autoscaling::config::http::HttpResponse>,
+    owned: SdkError<E, aws_sdk_autoscaling::config::http::HttpResponse>,
 ) -> CloudError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
+    let err = &owned;
     let status = err.raw_response().map(|r| r.status().as_u16());
     let retryable = match err {
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
@@ -621,6 +622,7 @@ where
         target: target.to_string(),
         message,
         retryable,
+        source: Some(ErrorSource::new(owned)),
     }
 }
 

@@ -276,11 +276,23 @@ async fn permanent_failures_name_the_group_and_say_whether_to_retry() {
             target,
             message,
             retryable,
+            source,
+            ..
         } => {
             assert_eq!(operation, SET);
             assert_eq!(target, "group g");
             assert!(message.contains("InternalFailure"), "{message}");
             assert!(retryable);
+            // The SDK's own error is kept as the source, for an embedder to inspect.
+            let source = source.expect("the SDK error is kept");
+            let sdk = source
+                .get()
+                .downcast_ref::<aws_sdk_autoscaling::error::SdkError<
+                    aws_sdk_autoscaling::operation::set_desired_capacity::SetDesiredCapacityError,
+                    aws_sdk_autoscaling::config::http::HttpResponse,
+                >>()
+                .expect("an SdkError of SetDesiredCapacity");
+            assert_eq!(sdk.raw_response().map(|r| r.status().as_u16()), Some(500));
         }
         other => panic!("unexpected {other:?}"),
     }
@@ -329,14 +341,13 @@ async fn permanent_failures_name_the_group_and_say_whether_to_retry() {
         .describe_groups(&names(&["g", "h"]))
         .await
         .unwrap_err();
-    assert_eq!(
-        err,
-        CloudError::Api {
-            operation: DESCRIBE.into(),
-            target: "groups g, h".into(),
-            message: "Throttling: Rate exceeded".into(),
-            retryable: true,
-        }
+    assert!(
+        matches!(
+            &err,
+            CloudError::Api { operation, target, message, retryable: true, source: Some(_) }
+                if operation == DESCRIBE && target == "groups g, h" && message == "Throttling: Rate exceeded"
+        ),
+        "{err:?}"
     );
     let spent = t.cloud.counter().snapshot().since(&before).get(DESCRIBE);
     assert_eq!(

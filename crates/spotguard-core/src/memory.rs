@@ -558,6 +558,7 @@ impl Cluster for MemoryCluster {
                     operation: "list nodes".into(),
                     target: "nodes".into(),
                     message: "injected".into(),
+                    source: None,
                 });
             }
         }
@@ -871,6 +872,7 @@ impl LedgerStore for MemoryLedgerStore {
             return Err(StoreError::Io {
                 location: "memory".into(),
                 message: "injected failure".into(),
+                source: None,
             });
         }
         if s.conflicts > 0 {

@@ -14,6 +14,64 @@ use crate::ledger::Ledger;
 use crate::model::{Activity, Group, Taint};
 use crate::view::ClusterView;
 
+/// The error underneath a port error — an SDK or API client error — kept for
+/// [`std::error::Error::source`], so an embedder can inspect it (downcast) or log its chain.
+/// Shared, so port errors stay `Clone`; two are equal when their messages are.
+///
+/// ```
+/// use spotguard_core::ports::{CloudError, ErrorSource};
+/// let io = std::io::Error::new(std::io::ErrorKind::TimedOut, "read timed out");
+/// let e = CloudError::Api {
+///     operation: "SetDesiredCapacity".into(),
+///     target: "group web-spot".into(),
+///     message: "read timed out".into(),
+///     retryable: true,
+///     source: Some(ErrorSource::new(io)),
+/// };
+/// let source = std::error::Error::source(&e).unwrap();
+/// assert!(source.downcast_ref::<ErrorSource>().unwrap().get().downcast_ref::<std::io::Error>().is_some());
+/// ```
+#[derive(Clone)]
+pub struct ErrorSource(Arc<dyn std::error::Error + Send + Sync + 'static>);
+
+impl ErrorSource {
+    /// Keeps `error` as the source.
+    pub fn new(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self(Arc::new(error))
+    }
+
+    /// The error itself.
+    pub fn get(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.0
+    }
+}
+
+impl std::fmt::Debug for ErrorSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl std::fmt::Display for ErrorSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&*self.0, f)
+    }
+}
+
+impl std::error::Error for ErrorSource {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl PartialEq for ErrorSource {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_string() == other.0.to_string()
+    }
+}
+
+impl Eq for ErrorSource {}
+
 /// Errors of the [`Cloud`] port.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -61,6 +119,8 @@ pub enum CloudError {
         message: String,
         /// Whether trying again later may succeed (throttling, 5xx, timeouts).
         retryable: bool,
+        /// The SDK error, when there is one.
+        source: Option<ErrorSource>,
     },
 }
 
@@ -114,6 +174,8 @@ pub enum ClusterError {
         target: String,
         /// What the API server said.
         message: String,
+        /// The client error, when there is one.
+        source: Option<ErrorSource>,
     },
 }
 
@@ -266,6 +328,8 @@ pub enum StoreError {
         location: String,
         /// What failed.
         message: String,
+        /// The client error, when there is one.
+        source: Option<ErrorSource>,
     },
 }
 

@@ -1,6 +1,6 @@
 //! The crate's one error type, [`Error`], and its translation into the core ports' errors.
 
-use spotguard_core::ports::{ClusterError, LockError, StoreError};
+use spotguard_core::ports::{ClusterError, ErrorSource, LockError, StoreError};
 
 /// Everything that can go wrong in the Kubernetes adapter. Every variant names the object
 /// (`node/ip-10-0-0-1`, `pod default/web-1`, `configmap spotguard/ledger`, ...) it is about.
@@ -143,6 +143,7 @@ impl Error {
                 operation: operation.to_string(),
                 target: other.object().to_string(),
                 message: other.to_string(),
+                source: Some(ErrorSource::new(other)),
             },
         }
     }
@@ -158,6 +159,7 @@ impl Error {
             other => StoreError::Io {
                 location: other.object().to_string(),
                 message: other.to_string(),
+                source: Some(ErrorSource::new(other)),
             },
         }
     }
@@ -181,5 +183,39 @@ pub(crate) fn object_name(kind: &str, namespace: Option<&str>, name: &str) -> St
     match namespace {
         Some(ns) if !ns.is_empty() => format!("{kind} {ns}/{name}"),
         _ => format!("{kind}/{name}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_errors_keep_the_adapters_error_as_their_source() {
+        let not_ready = || Error::NotReady {
+            resource: "pods".into(),
+        };
+        let cluster = not_ready().into_cluster_error("list pods", None);
+        let source = std::error::Error::source(&cluster).expect("a source");
+        let kept = source
+            .downcast_ref::<ErrorSource>()
+            .and_then(|s| s.get().downcast_ref::<Error>())
+            .expect("the adapter's error");
+        assert!(matches!(kept, Error::NotReady { resource } if resource == "pods"));
+
+        let store = not_ready().into_store_error(None);
+        assert!(matches!(
+            store,
+            StoreError::Io {
+                source: Some(_),
+                ..
+            }
+        ));
+        // Errors that map onto a variant of their own carry no source.
+        let unknown = Error::NotFound {
+            object: "node/n1".into(),
+        }
+        .into_cluster_error("patch node", Some("n1"));
+        assert!(std::error::Error::source(&unknown).is_none());
     }
 }

@@ -103,6 +103,7 @@ impl<C: Cloud, K: Cluster, T: Clock, S: LedgerStore, L: ScaleLock> Engine<C, K, 
                     target: group.to_string(),
                     message: "desired capacity unchanged after the call".into(),
                     retryable: true,
+                    source: None,
                 }
                 .into()
             });

@@ -238,6 +238,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         target: "web".into(),
                         message: "injected".into(),
                         retryable: false,
+                        source: None,
                     },
                 );
             }

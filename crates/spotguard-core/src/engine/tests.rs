@@ -813,6 +813,7 @@ fn drain_error_is_reported_and_retried() {
         operation: "evict".into(),
         target: "pod".into(),
         message: "boom".into(),
+        source: None,
     });
     let mut errors = vec![];
     let mut released = vec![];
@@ -1212,6 +1213,7 @@ fn fail_describes(w: &World, times: u32, message: &str) {
         target: "web-spot".into(),
         message: message.into(),
         retryable: true,
+        source: None,
     };
     w.cloud.st().fail_times.insert("describe", (times, e));
 }
@@ -1339,6 +1341,7 @@ fn a_notice_meeting_a_burst_of_api_errors_succeeds_on_retry_with_one_raise() {
         operation: "evict".into(),
         target: "default/web-1".into(),
         message: "the server is currently unable to handle the request".into(),
+        source: None,
     });
     let out = block_on(w.engine().handle_notice(&w.notice("i-web-spot-0"))).unwrap();
     assert!(matches!(
