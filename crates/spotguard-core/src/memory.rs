@@ -468,9 +468,8 @@ impl MemoryCluster {
     /// Registers a Ready node for every instance of the cloud and drops nodes whose instance
     /// is gone, as kubelets and the node lifecycle controller do.
     pub fn sync_nodes(&self, cloud: &MemoryCloud) {
-        let st = cloud.st();
-        let mut snap = self.edit();
-        let live: Vec<(String, CapacityType)> = st
+        let live: Vec<(String, CapacityType)> = cloud
+            .st()
             .groups
             .values()
             .flat_map(|g| {
@@ -482,6 +481,14 @@ impl MemoryCluster {
                 g.instances.iter().map(move |i| (i.id.clone(), ct))
             })
             .collect();
+        self.sync_instances(live);
+    }
+
+    /// Makes the nodes follow these live instances (id and capacity type), from any cloud: a
+    /// Ready node ([`node_for`]) for each instance that has none, and the nodes of instances no
+    /// longer live dropped, their pods left without a node and counted in `lost_pods`.
+    pub fn sync_instances(&self, live: Vec<(String, CapacityType)>) {
+        let mut snap = self.edit();
         snap.nodes.retain(|n| {
             live.iter()
                 .any(|(id, _)| n.instance_id.as_deref() == Some(id))

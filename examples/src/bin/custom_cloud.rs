@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use futures::executor::block_on;
-use spotguard_core::memory::{node_for, AutoClock, MemoryCluster, MemoryLedgerStore};
+use spotguard_core::memory::{AutoClock, MemoryCluster, MemoryLedgerStore};
 use spotguard_core::model::{
     Activity, ActivityStatus, CapacityType, Group, HealthStatus, Instance, LifecycleState,
     SizeBounds,
@@ -182,8 +182,8 @@ impl Cloud for Fleet {
 /// Registers a node for every instance of the fleet and removes the nodes of gone instances,
 /// as kubelets and the node lifecycle controller would.
 fn sync_nodes(fleet: &Fleet, cluster: &MemoryCluster) {
-    let st = fleet.state();
-    let live: Vec<(String, CapacityType)> = st
+    let live = fleet
+        .state()
         .pools
         .values()
         .flat_map(|p| {
@@ -195,16 +195,7 @@ fn sync_nodes(fleet: &Fleet, cluster: &MemoryCluster) {
             p.instances.iter().map(move |i| (i.clone(), ct))
         })
         .collect();
-    let mut snap = cluster.edit();
-    snap.nodes.retain(|n| {
-        live.iter()
-            .any(|(id, _)| n.instance_id.as_deref() == Some(id))
-    });
-    for (id, ct) in live {
-        if snap.node_for_instance(&id).is_none() {
-            snap.nodes.push(node_for(&id, ct));
-        }
-    }
+    cluster.sync_instances(live);
 }
 
 fn main() {
